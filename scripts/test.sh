@@ -1,0 +1,4 @@
+#!/usr/bin/env bash
+# Set up, then run the test suite. Default: fast tests. Pass pytest args, e.g. `-m slow`.
+source "$(dirname "$0")/env.sh"
+python -m pytest "$@"

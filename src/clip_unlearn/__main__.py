@@ -1,0 +1,3 @@
+from clip_unlearn.cli import main
+
+main()

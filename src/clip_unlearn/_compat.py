@@ -1,0 +1,74 @@
+"""Process-wide set-up that must run before torchvision/open_clip/mlflow/prefect are imported.
+
+1. Telemetry off: every tool in the stack phones home unless told not to, and nothing here
+   may reach the network. Users can still override each variable.
+2. torchvision on a CPU-only torch: PyPI ships only CUDA builds of torchvision. Their `_C.so`
+   fails to load silently against torch+cpu, and `torchvision/_meta_registrations.py` then
+   registers fake kernels for `torchvision::nms`, an op that was never defined, raising
+   "operator torchvision::nms does not exist". Defining the two op schemas first lets
+   torchvision (transforms, datasets, models with weights=None) import; `torchvision.ops`
+   and `torchvision.io` decoding stay unavailable, so images are decoded with PIL.
+   On a CUDA torch, or when torchvision's own ops load, this does nothing.
+"""
+
+from __future__ import annotations
+
+import os
+
+TELEMETRY_OFF = {
+    "DO_NOT_TRACK": "true",
+    "MLFLOW_DISABLE_TELEMETRY": "true",  # MLflow wants "true", not "1"
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DVC_NO_ANALYTICS": "1",
+    "HF_HUB_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "GIT_PYTHON_REFRESH": "quiet",
+    # Prefect's temporary local server needs more than its default 20 s under load.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+}
+
+_patched = False
+
+
+def disable_telemetry() -> None:
+    for key, value in TELEMETRY_OFF.items():
+        os.environ.setdefault(key, value)
+
+
+def _torchvision_ops_missing() -> bool:
+    import importlib.util
+    import torch
+
+    if torch.version.cuda is not None or torch.version.hip is not None:
+        return False
+    if importlib.util.find_spec("torchvision") is None:
+        return False
+    try:  # already defined (torchvision imported fine, or we ran before)
+        torch._C._dispatch_find_schema_or_throw("torchvision::nms", "")
+        return False
+    except RuntimeError:
+        return True
+
+
+def patch_torchvision() -> None:
+    """Define torchvision's nms/qnms schemas when its compiled ops cannot load."""
+    global _patched
+    if _patched:
+        return
+    _patched = True
+    import sys
+
+    if "torchvision" in sys.modules or not _torchvision_ops_missing():
+        return
+    import torch
+
+    lib = torch.library.Library("torchvision", "FRAGMENT")
+    lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    # Keep the library object alive: dropping it would undefine the ops.
+    globals()["_torchvision_fragment"] = lib
+
+
+def setup() -> None:
+    disable_telemetry()
+    patch_torchvision()

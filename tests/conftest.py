@@ -1,0 +1,80 @@
+"""Shared fixtures. Configs are shrunk for speed: tiny datasets, a few training steps.
+
+Markers: `slow` (minutes; CI runs them with `-m slow`), `gpu` (needs CUDA).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import clip_unlearn  # noqa: F401  (telemetry off, torchvision patched)
+from clip_unlearn.config import Params, load_params
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shrink(params: Params, root: Path, **bootstrap) -> Params:
+    """A copy of params that runs in seconds: 5% of the data, a few small training steps."""
+    return params.model_copy(update={
+        "data": params.data.model_copy(update={"root": str(root / "data"), "scale": 0.05}),
+        "model": params.model.model_copy(update={"dir": str(root / "models" / "reference")}),
+        "bootstrap": params.bootstrap.model_copy(update={"steps": 6, "batch_size": 32, "log_every": 2, **bootstrap}),
+        "evaluation": params.evaluation.model_copy(update={
+            "out": str(root / "metrics" / "reference.json"), "details": str(root / "reports" / "eval.json")}),
+    })
+
+
+@pytest.fixture(scope="session")
+def repo_params() -> Params:
+    return load_params(REPO / "params.yaml")
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_params(repo_params, tiny_root) -> Params:
+    """Shrunk params whose built-in datasets are generated once per session."""
+    from clip_unlearn.reference import make_data
+
+    params = shrink(repo_params, tiny_root)
+    make_data(params)
+    return params
+
+
+@pytest.fixture(scope="session")
+def reference_params(repo_params, tmp_path_factory) -> Params:
+    """The full default reference model, trained once per session (slow: ~10 min on 2 cores).
+    Set CLIP_UNLEARN_TEST_REFERENCE=DIR to reuse a folder between runs."""
+    root = Path(os.environ.get("CLIP_UNLEARN_TEST_REFERENCE") or tmp_path_factory.mktemp("reference"))
+    params = repo_params.model_copy(update={
+        "data": repo_params.data.model_copy(update={"root": str(root / "data")}),
+        "model": repo_params.model.model_copy(update={"dir": str(root / "models" / "reference")}),
+        "evaluation": repo_params.evaluation.model_copy(update={
+            "out": str(root / "metrics" / "reference.json"), "details": str(root / "reports" / "eval.json")}),
+    })
+    from clip_unlearn.reference import make_data, model_is_current, train_and_save
+
+    make_data(params)
+    if not model_is_current(params):
+        train_and_save(params)
+    return params
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
