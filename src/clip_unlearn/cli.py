@@ -70,6 +70,71 @@ def bootstrap(params: str = PARAMS, force_train: bool = typer.Option(False, help
     typer.echo(format_table(out["results"]))
 
 
+@app.command()
+def forget(params: str = PARAMS,
+           method: Optional[str] = typer.Option(None, help="method name (default: forget.method)"),
+           dataset: Optional[str] = typer.Option(None, help="dataset of the request"),
+           cls: Optional[list[str]] = typer.Option(None, "--class", help="class to forget (repeatable)"),
+           where: Optional[list[str]] = typer.Option(None, help="subgroup filter attr=value (repeatable)"),
+           model: Optional[str] = typer.Option(None, help="base model (default: model.dir)"),
+           out: str = typer.Option("runs/forget/model", help="where to save the unlearned model"),
+           report: str = typer.Option("runs/forget/result.json", help="BF/AF metrics JSON")):
+    """Forget classes or a subgroup with one method; print before/after; save the model."""
+    import json
+    from pathlib import Path
+
+    from clip_unlearn.models import load_model, save_model
+    from clip_unlearn.unlearning import ForgetRequest, run_method
+    from clip_unlearn.unlearning.benchmark import format_rows, row
+    from clip_unlearn.unlearning.targets import check_targets
+
+    p = _params(params)
+    f = p.forget
+    try:
+        conds = dict(w.split("=", 1) for w in (where or []))
+    except ValueError:
+        typer.secho("--where takes attr=value, e.g. --where ink=red", fg="red", err=True)
+        raise typer.Exit(2)
+    request = ForgetRequest(dataset=dataset or f.dataset, classes=cls or f.classes,
+                            where=conds if where else f.where)
+    name = method or f.method
+    try:
+        bundle = load_model(model or p.model.dir, device=p.bootstrap.device)
+        others = [d for d in p.data.datasets if d != request.dataset]
+        result = run_method(bundle, request, name, p.methods.get(name), p.data.root, others, seed=p.benchmark.seed)
+    except ConfigError as e:
+        typer.secho(str(e), fg="red", err=True)
+        raise typer.Exit(2)
+    checks = check_targets(result["before"], result["after"], p.targets, request.is_subgroup)
+    save_model(bundle, out, meta={"unlearning": {k: result[k] for k in ("method", "request", "config")}})
+    Path(report).parent.mkdir(parents=True, exist_ok=True)
+    Path(report).write_text(json.dumps(result | {"targets": checks}, indent=1) + "\n")
+    typer.echo(format_rows([row(result, checks)]))
+    typer.echo(f"model: {out}\nreport: {report}")
+    if not all(checks.values()):
+        raise typer.Exit(1)
+
+
+@app.command()
+def benchmark(params: str = PARAMS):
+    """Run every method (and the oracle) on the benchmark requests; write metrics/benchmark.json."""
+    from clip_unlearn.unlearning.benchmark import format_rows, run_benchmark
+
+    p = _params(params)
+    rows = run_benchmark(p)
+    typer.echo("\n" + format_rows(rows))
+    typer.echo(f"\nwrote {p.benchmark.out}")
+
+
+@app.command()
+def methods():
+    """List the registered unlearning methods."""
+    from clip_unlearn.unlearning import METHODS
+
+    for name, m in sorted(METHODS.items()):
+        typer.echo(f"{name:<16} {'data-free' if m.data_free else 'uses data':<10} {m.summary}")
+
+
 def main() -> None:  # pragma: no cover
     sys.exit(app())
 

@@ -13,15 +13,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
-
-class ConfigError(ValueError):
-    """A params file or request that does not validate; the message names each bad field."""
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from clip_unlearn.schema import ConfigError, Section, validate
 
 
 BUILTIN = ("digits", "shapes")
@@ -80,41 +74,84 @@ class EvaluationConfig(Section):
     details: str = "reports/reference_eval.json"
 
 
+class ForgetConfig(Section):
+    """The default forget request (what `unlearn forget` and the pipeline erase)."""
+    dataset: str = "digits"
+    classes: list[str] = Field(default_factory=lambda: ["seven"], min_length=1)
+    where: dict[str, str] = Field(default_factory=dict)
+    method: str = "projection"
+
+    def request(self):
+        from clip_unlearn.unlearning.request import ForgetRequest
+
+        return ForgetRequest(dataset=self.dataset, classes=self.classes, where=self.where)
+
+
+class BenchmarkRequest(Section):
+    dataset: str
+    classes: list[str] = Field(min_length=1)
+    where: dict[str, str] = Field(default_factory=dict)
+
+
+class BenchmarkConfig(Section):
+    classes: dict[str, list[str]] = Field(default_factory=lambda: {
+        "digits": ["three", "seven", "nine"], "shapes": ["star", "heart", "arrow"]})
+    multi_class: list[BenchmarkRequest] = Field(default_factory=lambda: [
+        BenchmarkRequest(dataset="digits", classes=["one", "four", "eight"])])
+    subgroups: list[BenchmarkRequest] = Field(default_factory=lambda: [
+        BenchmarkRequest(dataset="digits", classes=["seven"], where={"ink": "red"}),
+        BenchmarkRequest(dataset="digits", classes=["three"], where={"background": "white"}),
+        BenchmarkRequest(dataset="shapes", classes=["star"], where={"colour": "blue"})])
+    class_methods: list[str] = Field(default_factory=lambda: ["projection", "lipschitz", "gradient_ascent",
+                                                              "random_labels"])
+    subgroup_methods: list[str] = Field(default_factory=lambda: ["subgroup", "gradient_ascent"])
+    oracle: Literal["none", "first", "all"] = Field(
+        "first", description="retrain-from-scratch oracle for the first request of each kind, all, or none")
+    seed: int = 0
+    out: str = "metrics/benchmark.json"
+    plots_dir: str = "reports/plots"
+
+
+def _validate_methods(value: Any) -> dict[str, Section]:
+    """Every registered method gets its typed config; params.yaml overrides any field."""
+    from clip_unlearn.unlearning.registry import METHODS, get_method
+
+    get_method("projection")  # imports and registers every method module
+    value = value or {}
+    if not isinstance(value, dict):
+        raise ValueError("must be a mapping of method name -> hyperparameters")
+    unknown = sorted(set(value) - set(METHODS))
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; allowed: {sorted(METHODS)}")
+    out = {}
+    for name, method in sorted(METHODS.items()):
+        given = value.get(name) or {}
+        out[name] = given if isinstance(given, method.config_cls) else \
+            validate(method.config_cls, given, f"methods.{name}")
+    return out
+
+
 class Params(Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     bootstrap: BootstrapConfig = BootstrapConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    forget: ForgetConfig = ForgetConfig()
+    methods: dict[str, Any] = Field(default_factory=dict, validate_default=True)
+    targets: Any = Field(None, validate_default=True)
+    benchmark: BenchmarkConfig = BenchmarkConfig()
 
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _methods(cls, v: Any) -> dict[str, Section]:
+        return _validate_methods(v)
 
-def _format(err: ValidationError, source: str) -> str:
-    lines = []
-    for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"])
-        if e["type"] == "extra_forbidden":
-            parent = _model_at(Params, e["loc"][:-1])
-            allowed = ", ".join(parent.model_fields) if parent else "see params.yaml"
-            lines.append(f"{source}: {path}: unknown key; allowed here: {allowed}")
-        else:
-            lines.append(f"{source}: {path}: {e['msg']} (got {e.get('input')!r})")
-    return "\n".join(lines)
+    @field_validator("targets", mode="before")
+    @classmethod
+    def _targets(cls, v: Any):
+        from clip_unlearn.unlearning.targets import TargetsConfig
 
-
-def _model_at(model: type[BaseModel], loc) -> type[BaseModel] | None:
-    for key in loc:
-        field = model.model_fields.get(str(key))
-        ann = getattr(field, "annotation", None)
-        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
-            return None
-        model = ann
-    return model
-
-
-def validate(model: type[BaseModel], data: Any, source: str):
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(_format(e, source)) from None
+        return v if isinstance(v, TargetsConfig) else validate(TargetsConfig, v or {}, "targets")
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

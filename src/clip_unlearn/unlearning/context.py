@@ -1,0 +1,79 @@
+"""What a method may see while it unlearns: the request, data access, the original model.
+
+Data-free methods get a context whose `forget_set` raises: they must never read real images
+of what they forget (only class names, and synthetic images made from the model itself).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Callable
+
+import torch
+
+from clip_unlearn.data import ImageDataset, load_dataset
+from clip_unlearn.models import ClipBundle
+from clip_unlearn.unlearning.request import ForgetRequest
+
+
+class DataFreeViolation(RuntimeError):
+    """A data-free method asked for real images of what it forgets."""
+
+
+@lru_cache(maxsize=16)
+def _split(spec: str, split: str, root: str) -> ImageDataset:
+    return load_dataset(spec, split, root)
+
+
+@dataclass
+class UnlearnContext:
+    request: ForgetRequest
+    data_root: str = "data"
+    seed: int = 0
+    data_free: bool = False
+    synthetic: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None  # (normalized x, labels)
+    log: Callable[[str], None] = print
+    original: ClipBundle | None = field(default=None, repr=False)  # frozen copy taken before unlearning
+
+    def dataset(self, split: str = "train") -> ImageDataset:
+        return _split(self.request.dataset, split, str(self.data_root))
+
+    @property
+    def classes(self) -> list[str]:
+        return self.dataset("train").classes
+
+    def class_names(self, spec: str) -> list[str]:
+        """Class names of any dataset (no image is read)."""
+        return _split(spec, "train", str(self.data_root)).classes
+
+    @property
+    def forget_labels(self) -> list[int]:
+        return [self.classes.index(c) for c in self.request.classes]
+
+    @property
+    def retain_classnames(self) -> list[str]:
+        return [c for c in self.classes if c not in self.request.classes]
+
+    def forget_set(self, split: str = "train") -> ImageDataset:
+        """Real images of what is forgotten (refused to data-free methods)."""
+        if self.data_free:
+            raise DataFreeViolation(f"a data-free method asked for real images of {self.request.describe()}")
+        return self.dataset(split).select(self.request.classes, self.request.where or None)
+
+    def retain_set(self, split: str = "train") -> ImageDataset:
+        """Everything else in the same dataset (for a subgroup: the class's other subgroups too)."""
+        return self.dataset(split).select(self.request.classes, self.request.where or None, invert=True)
+
+    def synthetic_set(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.synthetic is None:
+            raise RuntimeError("this run has no synthetic forget set; the method needs one (see synthesize.py)")
+        return self.synthetic()
+
+
+def freeze_copy(bundle: ClipBundle) -> ClipBundle:
+    """A deep copy of the model with gradients off: the teacher / soup anchor."""
+    frozen = copy.copy(bundle)
+    frozen.model = copy.deepcopy(bundle.model).eval().requires_grad_(False)
+    return frozen

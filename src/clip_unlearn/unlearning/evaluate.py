@@ -1,0 +1,61 @@
+"""Before/after metrics of a forget request (zero-shot, forgotten classes stay candidates).
+
+    m = request_metrics(bundle, request, data_root="data", others=["shapes"])
+    m["forget_top1"], m["retain_top1"], m["other_top1"], m["per_class"]
+
+For a subgroup request also `subgroup_rest_top1` (the class's other subgroups) and
+`other_classes_top1` (every other class of the dataset).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from clip_unlearn import metrics
+from clip_unlearn.clip_ops import encode_images
+from clip_unlearn.models import ClipBundle
+from clip_unlearn.unlearning.context import _split
+from clip_unlearn.unlearning.request import ForgetRequest
+from clip_unlearn.zero_shot import class_vectors, predict
+from clip_unlearn.templates import zero_shot_templates
+
+
+def request_mask(ds, classes: list[str], where: dict[str, str] | None) -> np.ndarray:
+    """Boolean mask over ds: items of `classes` whose attributes match `where`."""
+    labels = {ds.classes.index(c) for c in classes}
+    return np.array([y in labels and all(ds.item_attrs(i).get(k) == v for k, v in (where or {}).items())
+                     for i, y in enumerate(ds.labels)], dtype=bool)
+
+
+@torch.no_grad()
+def predictions(bundle: ClipBundle, ds) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = ds.tensors()
+    preds = predict(encode_images(bundle, images), class_vectors(bundle, ds.classes, zero_shot_templates(ds.name)))
+    return preds, labels
+
+
+def request_metrics(bundle: ClipBundle, request: ForgetRequest, data_root: str = "data",
+                    others: list[str] = (), split: str = "test") -> dict:
+    ds = _split(request.dataset, split, str(data_root))
+    preds, labels = predictions(bundle, ds)
+    hit = (preds == labels).numpy()
+    forget = request_mask(ds, request.classes, request.where)
+    out = {
+        "forget_top1": float(hit[forget].mean()),
+        "retain_top1": float(hit[~forget].mean()),
+        "n_forget": int(forget.sum()), "n_retain": int((~forget).sum()),
+        "per_class": dict(zip(ds.classes, metrics.per_class_accuracy(preds, labels, len(ds.classes)))),
+    }
+    if request.where:
+        in_class = request_mask(ds, request.classes, None)
+        out["subgroup_rest_top1"] = float(hit[in_class & ~forget].mean())
+        out["other_classes_top1"] = float(hit[~in_class].mean())
+    other = {}
+    for name in others:
+        ods = _split(name, split, str(data_root))
+        p, y = predictions(bundle, ods)
+        other[name] = metrics.top1(p, y)
+    out["other"] = other
+    out["other_top1"] = float(np.mean(list(other.values()))) if other else float("nan")
+    return out

@@ -1,0 +1,67 @@
+"""The field's gold standard: the reference model retrained from scratch without the forgotten data.
+
+    run_method(bundle, ForgetRequest(dataset="digits", classes=["seven"]), "oracle")        # ~9 min, 2 cores
+    run_method(bundle, req, "oracle", {"steps": 20})                                          # a short check
+    sets = oracle_train_sets(req, "data", ["digits", "shapes"])   # what it trains on
+
+Same bootstrap settings as the model being unlearned (stored in its metadata by
+`save_model`; `bootstrap` overrides them), on the train splits of the built-in datasets with
+the forgotten items removed; the new weights replace bundle.model's. Cheap for our small
+reference model, impossible for a web-scale CLIP: a yardstick, not a method.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from clip_unlearn.config import BUILTIN, BootstrapConfig
+from clip_unlearn.data import ImageDataset
+from clip_unlearn.models import ClipBundle
+from clip_unlearn.schema import Section
+from clip_unlearn.unlearning.context import UnlearnContext, _split
+from clip_unlearn.unlearning.registry import register
+from clip_unlearn.unlearning.request import ForgetRequest
+
+
+class OracleConfig(Section):
+    bootstrap: BootstrapConfig | None = Field(
+        None, description="training settings; null = those stored with the model (else the defaults)")
+    steps: int | None = Field(None, ge=1, description="override bootstrap.steps (short checks)")
+    datasets: list[str] | None = Field(
+        None, description="built-in datasets to train on; null = those the model was trained on")
+
+
+def oracle_train_sets(request: ForgetRequest, data_root: str, datasets: list[str]) -> list[ImageDataset]:
+    """Train splits of `datasets`, with the request's items removed from its dataset."""
+    if request.dataset not in datasets:
+        raise ValueError(f"oracle: {request.dataset!r} is not one of the training datasets {datasets}; "
+                         "retraining from scratch only covers the built-in data the model was trained on")
+    sets = []
+    for name in datasets:
+        ds = _split(name, "train", str(data_root))
+        if name == request.dataset:
+            ds = ds.select(request.classes, request.where or None, invert=True)
+        sets.append(ds)
+    return sets
+
+
+def _bootstrap(bundle: ClipBundle, cfg: OracleConfig) -> BootstrapConfig:
+    boot = cfg.bootstrap or BootstrapConfig.model_validate(bundle.meta.get("bootstrap") or {})
+    return boot.model_copy(update={"steps": cfg.steps}) if cfg.steps else boot
+
+
+@register("oracle", OracleConfig, data_free=False)
+def oracle(bundle: ClipBundle, ctx: UnlearnContext, cfg: OracleConfig) -> dict:
+    """Retrain from scratch without the forgotten data (the gold standard; minutes)."""
+    from clip_unlearn.train import train_reference
+
+    datasets = cfg.datasets or bundle.meta.get("datasets") or list(BUILTIN)
+    sets = oracle_train_sets(ctx.request, ctx.data_root, datasets)
+    boot = _bootstrap(bundle, cfg)
+    fresh, history = train_reference(sets, boot, arch=bundle.arch, log=ctx.log)
+    bundle.model.load_state_dict(fresh.model.state_dict())
+    full = len(_split(ctx.request.dataset, "train", str(ctx.data_root)))
+    return {"steps": boot.steps, "train_seconds": fresh.meta.get("train_seconds"),
+            "datasets": datasets, "n_train": {ds.name: len(ds) for ds in sets},
+            "n_removed": full - len(sets[datasets.index(ctx.request.dataset)]),
+            "final_loss": history[-1]["loss"] if history else None}

@@ -1,0 +1,92 @@
+import numpy as np
+import pytest
+import torch
+
+from clip_unlearn.data import load_dataset
+from clip_unlearn.models import load_model
+from clip_unlearn.train import train_reference
+from clip_unlearn.unlearning import baselines as _baselines, oracle as _oracle  # noqa: F401  (register)
+from clip_unlearn.unlearning.evaluate import request_mask, request_metrics
+from clip_unlearn.unlearning.oracle import oracle_train_sets
+from clip_unlearn.unlearning.request import ForgetRequest
+from clip_unlearn.unlearning.runner import run_method
+
+
+@pytest.fixture(scope="module")
+def briefly_trained(tiny_params, tmp_path_factory):
+    """A clip-ref-tiny trained for a few steps on the tiny data, saved once per module."""
+    sets = [load_dataset(n, "train", tiny_params.data.root) for n in tiny_params.data.datasets]
+    cfg = tiny_params.bootstrap.model_copy(update={"steps": 20, "batch_size": 32, "lr": 2e-3, "warmup_frac": 0.1,
+                                                   "threads": torch.get_num_threads()})  # leave threads as found
+    bundle, _ = train_reference(sets, cfg, log=lambda _: None)
+    from clip_unlearn.models import save_model
+
+    return save_model(bundle, tmp_path_factory.mktemp("brief") / "model")
+
+
+@pytest.mark.parametrize("method", ["gradient_ascent", "random_labels"])
+def test_baseline_lowers_forget_accuracy_on_a_briefly_trained_model(method, briefly_trained, tiny_params):
+    root = tiny_params.data.root
+    bundle = load_model(str(briefly_trained), device="cpu")
+    # The class the model knows best on its train images (what the baseline trains on).
+    per_class = request_metrics(bundle, ForgetRequest(dataset="digits", classes=["zero"]), root,
+                                split="train")["per_class"]
+    cls = max(per_class, key=per_class.get)
+    req = ForgetRequest(dataset="digits", classes=[cls])
+    before = request_metrics(bundle, req, root, split="train")["forget_top1"]
+    assert before >= 0.5
+    out = run_method(bundle, req, method, {"steps": 10, "lr": 1e-3}, data_root=root, log=lambda _: None)
+    after = request_metrics(bundle, req, root, split="train")["forget_top1"]
+    assert after < before - 0.3, (cls, before, after, out["info"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["gradient_ascent", "random_labels"])
+def test_baseline_forgets_a_class_of_the_reference(method, reference_params):
+    bundle = load_model(reference_params.model.dir)
+    req = ForgetRequest(dataset="digits", classes=["seven"])
+    out = run_method(bundle, req, method, data_root=reference_params.data.root, others=["shapes"],
+                     log=lambda _: None)
+    assert out["before"]["forget_top1"] > 0.8
+    assert out["after"]["forget_top1"] <= out["before"]["forget_top1"] - 0.5, out["after"]
+
+
+@pytest.mark.parametrize("req", [
+    ForgetRequest(dataset="digits", classes=["seven"], where={"ink": "red"}),
+    ForgetRequest(dataset="shapes", classes=["star", "ring"]),
+], ids=lambda r: r.describe())
+def test_oracle_training_sets_leave_out_exactly_the_forgotten_items(req, tiny_params):
+    root = tiny_params.data.root
+    sets = oracle_train_sets(req, root, ["digits", "shapes"])
+    assert [s.name for s in sets] == ["digits", "shapes"]
+    for s in sets:
+        full = load_dataset(s.name, "train", root)
+        if s.name != req.dataset:
+            assert s.labels == full.labels  # the other dataset is whole
+            continue
+        forgotten = request_mask(full, req.classes, req.where)
+        assert forgotten.sum() > 0
+        assert not request_mask(s, req.classes, req.where).any()  # never sees a forgotten item
+        assert len(s) == len(full) - forgotten.sum()
+        if req.where:  # the class's other subgroups stay
+            assert np.isin(s.labels, [full.classes.index(c) for c in req.classes]).any()
+
+
+def test_oracle_retrains_without_the_forgotten_items(tiny_params):
+    root = tiny_params.data.root
+    req = ForgetRequest(dataset="digits", classes=["seven"], where={"ink": "red"})
+    torch.manual_seed(0)
+    bundle = load_model("clip-ref-tiny", device="cpu")
+    before = {k: v.clone() for k, v in bundle.model.state_dict().items()}
+    boot = tiny_params.bootstrap.model_copy(update={"steps": 2, "batch_size": 16, "threads": torch.get_num_threads()})
+    out = run_method(bundle, req, "oracle", {"bootstrap": boot.model_dump()}, data_root=root,
+                     log=lambda _: None)
+    info = out["info"]
+    full = load_dataset("digits", "train", root)
+    assert info["steps"] == 2
+    assert info["n_removed"] == request_mask(full, req.classes, req.where).sum()
+    assert info["n_train"] == {"digits": len(full) - info["n_removed"],
+                               "shapes": len(load_dataset("shapes", "train", root))}
+    assert any(not torch.equal(before[k], v) for k, v in bundle.model.state_dict().items())
+    with pytest.raises(ValueError, match="not one of the training datasets"):
+        oracle_train_sets(req, root, ["shapes"])

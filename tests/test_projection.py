@@ -1,0 +1,59 @@
+import time
+
+import pytest
+import torch
+
+from clip_unlearn.clip_ops import encode_images
+from clip_unlearn.models import load_model
+from clip_unlearn.unlearning import ForgetRequest, run_method
+from clip_unlearn.unlearning.projection import apply_to_visual, plain_projection, retention_projection
+from clip_unlearn.unlearning.targets import check_targets
+
+E = torch.eye(3)
+
+
+def test_plain_projection_hand_checked():
+    assert torch.allclose(plain_projection(E[:, :1]), torch.diag(torch.tensor([0.0, 1.0, 1.0])))
+    assert torch.allclose(plain_projection(E[:, :1], alpha=0.5), torch.diag(torch.tensor([0.5, 1.0, 1.0])))
+    # two forget directions that are not orthogonal span the same plane as e1, e2
+    two = torch.stack([E[0], (E[0] + E[1]) / 2 ** 0.5], dim=1)
+    assert torch.allclose(plain_projection(two), torch.diag(torch.tensor([0.0, 0.0, 1.0])), atol=1e-6)
+
+
+def test_retention_projection_hand_checked():
+    # T_f = e1, T_r = e2: A = diag(1+mu, 1+mu, mu), K = diag(mu, 1+mu, mu) -> P = diag(mu/(1+mu), 1, 1)
+    mu = 0.01
+    p = retention_projection(E[:, :1], E[:, 1:2], lam=1.0, mu=mu)
+    assert torch.allclose(p, torch.diag(torch.tensor([mu / (1 + mu), 1.0, 1.0])), atol=1e-6)
+    half = retention_projection(E[:, :1], E[:, 1:2], lam=1.0, mu=mu, alpha=0.5)
+    assert torch.allclose(half, torch.diag(torch.tensor([0.5 + 0.5 * mu / (1 + mu), 1.0, 1.0])), atol=1e-6)
+
+
+def test_projected_image_features_lose_the_forget_direction():
+    torch.manual_seed(0)
+    bundle = load_model("clip-ref-tiny", device="cpu")
+    forget = torch.nn.functional.normalize(torch.randn(bundle.model_cfg["embed_dim"], 2), dim=0)
+    images = torch.randint(0, 255, (8, 3, 32, 32), dtype=torch.uint8)
+    apply_to_visual(bundle.model, plain_projection(forget))
+    feats = encode_images(bundle, images)
+    assert (feats @ forget).abs().max() < 1e-5
+
+
+def test_projection_is_fast_on_vit_b_32():
+    torch.manual_seed(0)
+    bundle = load_model("ViT-B-32", device="cpu")  # random weights: timing and shapes only
+    d = bundle.model_cfg["embed_dim"]
+    t0 = time.perf_counter()
+    apply_to_visual(bundle.model, retention_projection(torch.randn(d, 3), torch.randn(d, 100)))
+    print(f"ViT-B-32 retention projection: {time.perf_counter() - t0:.3f} s")
+
+
+@pytest.mark.slow
+def test_projection_meets_class_targets_on_the_reference(reference_params):
+    p = reference_params
+    bundle = load_model(p.model.dir, device="cpu")
+    res = run_method(bundle, ForgetRequest(dataset="digits", classes=["seven"]), "projection",
+                     p.methods["projection"], p.data.root, ["shapes"])
+    checks = check_targets(res["before"], res["after"], p.targets, subgroup=False)
+    assert all(checks.values()), (checks, res["before"], res["after"])
+    assert res["info"]["rank"] == 1

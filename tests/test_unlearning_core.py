@@ -1,0 +1,66 @@
+import pytest
+import torch
+
+from clip_unlearn.config import ConfigError
+from clip_unlearn.models import load_model
+from clip_unlearn.unlearning import ForgetRequest, get_method, run_method
+from clip_unlearn.unlearning.context import DataFreeViolation, UnlearnContext
+from clip_unlearn.unlearning.targets import TargetsConfig, check_targets
+
+CLASSES = ["zero", "one", "seven"]
+ATTRS = {"ink": ["red", "blue"], "background": ["black", "white"]}
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"classes": ["sevn"]}, "did you mean 'seven'"),
+    ({"classes": ["seven"], "where": {"colour": "red"}}, "unknown attribute 'colour'"),
+    ({"classes": ["seven"], "where": {"ink": "rde"}}, "did you mean 'red'"),
+    ({"classes": ["zero", "one", "seven"]}, "forgetting every class"),
+    ({"classes": ["seven", "seven"]}, "names a class twice"),
+])
+def test_bad_requests_say_what_is_wrong(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        ForgetRequest(dataset="digits", **kwargs).check(CLASSES, ATTRS)
+
+
+def test_empty_forget_list_is_refused():
+    with pytest.raises(Exception, match="at least 1 item"):
+        ForgetRequest(dataset="digits", classes=[])
+
+
+def test_every_class_of_a_subgroup_request_is_fine():
+    req = ForgetRequest(dataset="digits", classes=CLASSES, where={"ink": "red"})
+    assert req.check(CLASSES, ATTRS).is_subgroup
+
+
+def test_unknown_method_lists_the_registry():
+    with pytest.raises(ConfigError, match="allowed: .*projection"):
+        get_method("nope")
+
+
+def test_data_free_context_refuses_real_forget_images(tiny_params):
+    ctx = UnlearnContext(ForgetRequest(dataset="digits", classes=["seven"]), tiny_params.data.root, data_free=True)
+    assert len(ctx.retain_set("train")) > 0
+    with pytest.raises(DataFreeViolation):
+        ctx.forget_set("train")
+
+
+def test_run_method_reports_before_and_after(tiny_params):
+    torch.manual_seed(0)
+    bundle = load_model("clip-ref-tiny", device="cpu")
+    res = run_method(bundle, ForgetRequest(dataset="digits", classes=["seven"]), "projection", None,
+                     tiny_params.data.root, ["shapes"])
+    for when in ("before", "after"):
+        assert {"forget_top1", "retain_top1", "other_top1", "per_class"} <= set(res[when])
+        assert set(res[when]["other"]) == {"shapes"}
+    # a random model is not meaningful, but the projected model must differ from the original
+    assert res["before"]["per_class"] != res["after"]["per_class"] or res["info"]["rank"] == 1
+
+
+def test_targets_check():
+    t = TargetsConfig()
+    before = {"forget_top1": 0.98, "retain_top1": 0.97, "other_top1": 0.95, "other": {"x": 0.95}}
+    ok = {"forget_top1": 0.01, "retain_top1": 0.95, "other_top1": 0.94, "other": {"x": 0.94}}
+    assert check_targets(before, ok, t, subgroup=False) == {"forget": True, "retain": True, "other": True}
+    bad = ok | {"retain_top1": 0.93, "other_top1": 0.92}
+    assert check_targets(before, bad, t, subgroup=False) == {"forget": True, "retain": False, "other": False}
