@@ -78,9 +78,11 @@ def test_oracle_retrains_without_the_forgotten_items(tiny_params):
     torch.manual_seed(0)
     bundle = load_model("clip-ref-tiny", device="cpu")
     before = {k: v.clone() for k, v in bundle.model.state_dict().items()}
-    boot = tiny_params.bootstrap.model_copy(update={"steps": 2, "batch_size": 16, "threads": torch.get_num_threads()})
+    boot = tiny_params.bootstrap.model_copy(update={"steps": 2, "batch_size": 16})
+    threads = torch.get_num_threads()
     out = run_method(bundle, req, "oracle", {"bootstrap": boot.model_dump()}, data_root=root,
                      log=lambda _: None)
+    assert torch.get_num_threads() == threads  # the caller's thread setting is kept
     info = out["info"]
     full = load_dataset("digits", "train", root)
     assert info["steps"] == 2

@@ -46,13 +46,13 @@ class ModelConfig(Section):
 class BootstrapConfig(Section):
     steps: int = Field(1700, ge=1)
     batch_size: int = Field(256, ge=2)
-    lr: float = Field(1e-3, gt=0, le=1)
+    lr: float = Field(2e-3, gt=0, le=1)
     weight_decay: float = Field(0.1, ge=0)
     warmup_frac: float = Field(0.05, ge=0, lt=1)
     init_temperature: float = Field(0.07, gt=0, le=1)
     max_logit_scale: float = Field(100.0, gt=1)
-    class_only_frac: float = Field(0.25, ge=0, le=1)
-    max_shift: int = Field(2, ge=0, le=8)
+    class_only_frac: float = Field(0.4, ge=0, le=1)
+    max_shift: int = Field(1, ge=0, le=8)
     amp: bool = True
     seed: int = 0
     threads: int = Field(0, ge=0, description="0 = all cores")

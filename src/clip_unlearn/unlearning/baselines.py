@@ -22,7 +22,7 @@ from clip_unlearn.schema import Section
 from clip_unlearn.templates import zero_shot_templates
 from clip_unlearn.unlearning.context import UnlearnContext
 from clip_unlearn.unlearning.registry import register
-from clip_unlearn.unlearning.subgroup import Sampler, set_trainable, visual_params, zs_logits
+from clip_unlearn.unlearning.subgroup import Sampler, train_only, visual_params, zs_logits
 from clip_unlearn.zero_shot import class_vectors
 
 
@@ -49,10 +49,9 @@ def _finetune(bundle: ClipBundle, ctx: UnlearnContext, steps: int, lr: float, ba
     if not len(forget):
         raise ValueError(f"no train images of {ctx.request.describe()} to forget")
     model = bundle.model
-    opt = torch.optim.Adam(set_trainable(model, visual_params(model)), lr=lr)
-    model.train()
     step, top1 = 0, 1.0
-    with fast_cpu_attention(bundle.device):
+    with fast_cpu_attention(bundle.device), train_only(model, visual_params(model)) as params:
+        opt = torch.optim.Adam(params, lr=lr)
         for step in range(1, steps + 1):
             x, y = forget.draw(batch_size)
             logits = zs_logits(bundle, to_model_input(bundle, x), w)[0]
@@ -63,9 +62,6 @@ def _finetune(bundle: ClipBundle, ctx: UnlearnContext, steps: int, lr: float, ba
             top1 = float((logits.argmax(-1).cpu() == y).float().mean())
             if top1 <= stop_top1:
                 break
-    model.eval().requires_grad_(True)
-    for p in model.parameters():
-        p.grad = None
     return {"steps": step, "last_batch_top1": top1}
 
 
