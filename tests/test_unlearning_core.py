@@ -64,3 +64,18 @@ def test_targets_check():
     assert check_targets(before, ok, t, subgroup=False) == {"forget": True, "retain": True, "other": True}
     bad = ok | {"retain_top1": 0.93, "other_top1": 0.92}
     assert check_targets(before, bad, t, subgroup=False) == {"forget": True, "retain": False, "other": False}
+
+
+def test_benchmark_plan_covers_the_issue_and_places_the_oracle():
+    from clip_unlearn.config import BenchmarkConfig
+    from clip_unlearn.unlearning.benchmark import benchmark_requests
+
+    plan = benchmark_requests(BenchmarkConfig())
+    single = [r for r, _ in plan if len(r.classes) == 1 and not r.where]
+    assert {r.dataset for r in single} == {"digits", "shapes"} and len(single) == 6
+    assert any(len(r.classes) == 3 for r, _ in plan)
+    assert sum(r.is_subgroup for r, _ in plan) == 3
+    with_oracle = [r for r, methods in plan if "oracle" in methods]
+    assert with_oracle == [single[0]]
+    everywhere = benchmark_requests(BenchmarkConfig(oracle="all"))
+    assert all("oracle" in m for r, m in everywhere if len(r.classes) == 1)

@@ -106,7 +106,7 @@ class BenchmarkConfig(Section):
                                                               "random_labels"])
     subgroup_methods: list[str] = Field(default_factory=lambda: ["subgroup", "gradient_ascent"])
     oracle: Literal["none", "first", "all"] = Field(
-        "first", description="retrain-from-scratch oracle for the first request of each kind, all, or none")
+        "first", description="retrain-from-scratch oracle on the first class request, on all, or on none")
     seed: int = 0
     out: str = "metrics/benchmark.json"
     plots_dir: str = "reports/plots"
