@@ -116,6 +116,34 @@ def forget(params: str = PARAMS,
 
 
 @app.command()
+def synthesize(params: str = PARAMS,
+               dataset: Optional[str] = typer.Option(None, help="dataset (default: forget.dataset)"),
+               cls: Optional[list[str]] = typer.Option(None, "--class", help="class (repeatable)"),
+               model: Optional[str] = typer.Option(None, help="model (default: model.dir)"),
+               out: str = typer.Option("runs/synthetic", help="output folder")):
+    """Synthetic forget images by model inversion (class names only): tensors, grid.png, summary.json."""
+    from clip_unlearn.models import load_model
+    from clip_unlearn.unlearning import ForgetRequest
+    from clip_unlearn.unlearning.context import UnlearnContext
+    from clip_unlearn.unlearning.synthesize import save_synthetic
+    from clip_unlearn.unlearning.synthesize import synthesize as make
+
+    p = _params(params)
+    request = ForgetRequest(dataset=dataset or p.forget.dataset, classes=cls or p.forget.classes)
+    ctx = UnlearnContext(request, p.data.root, data_free=True)
+    try:
+        request.check(ctx.classes, {})
+    except ConfigError as e:
+        typer.secho(str(e), fg="red", err=True)
+        raise typer.Exit(2)
+    bundle = load_model(model or p.model.dir, device=p.bootstrap.device)
+    syn = make(bundle, ctx.classes, ctx.forget_labels, request.dataset, p.methods["lipschitz"].synthesis,
+               seed=p.benchmark.seed)
+    folder = save_synthetic(syn, out, bundle.mean, bundle.std)
+    typer.echo(f"wrote {folder} ({len(syn.labels)} images; grid: {folder / 'grid.png'})")
+
+
+@app.command()
 def benchmark(params: str = PARAMS):
     """Run every method (and the oracle) on the benchmark requests; write metrics/benchmark.json."""
     from clip_unlearn.unlearning.benchmark import format_rows, run_benchmark
