@@ -23,7 +23,8 @@ class DataFreeViolation(RuntimeError):
 
 
 @lru_cache(maxsize=16)
-def _split(spec: str, split: str, root: str) -> ImageDataset:
+def cached_split(spec: str, split: str, root: str) -> ImageDataset:
+    """One loaded split per process: evaluation, methods and the oracle share decoded images."""
     return load_dataset(spec, split, root)
 
 
@@ -38,7 +39,7 @@ class UnlearnContext:
     original: ClipBundle | None = field(default=None, repr=False)  # frozen copy taken before unlearning
 
     def dataset(self, split: str = "train") -> ImageDataset:
-        return _split(self.request.dataset, split, str(self.data_root))
+        return cached_split(self.request.dataset, split, str(self.data_root))
 
     @property
     def classes(self) -> list[str]:
@@ -46,7 +47,7 @@ class UnlearnContext:
 
     def class_names(self, spec: str) -> list[str]:
         """Class names of any dataset (no image is read)."""
-        return _split(spec, "train", str(self.data_root)).classes
+        return cached_split(spec, "train", str(self.data_root)).classes
 
     @property
     def forget_labels(self) -> list[int]:

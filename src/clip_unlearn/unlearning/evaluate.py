@@ -15,7 +15,7 @@ import torch
 from clip_unlearn import metrics
 from clip_unlearn.clip_ops import encode_images
 from clip_unlearn.models import ClipBundle
-from clip_unlearn.unlearning.context import _split
+from clip_unlearn.unlearning.context import cached_split
 from clip_unlearn.unlearning.request import ForgetRequest
 from clip_unlearn.zero_shot import class_vectors, predict
 from clip_unlearn.templates import zero_shot_templates
@@ -37,7 +37,7 @@ def predictions(bundle: ClipBundle, ds) -> tuple[torch.Tensor, torch.Tensor]:
 
 def request_metrics(bundle: ClipBundle, request: ForgetRequest, data_root: str = "data",
                     others: list[str] = (), split: str = "test") -> dict:
-    ds = _split(request.dataset, split, str(data_root))
+    ds = cached_split(request.dataset, split, str(data_root))
     preds, labels = predictions(bundle, ds)
     hit = (preds == labels).numpy()
     forget = request_mask(ds, request.classes, request.where)
@@ -53,7 +53,7 @@ def request_metrics(bundle: ClipBundle, request: ForgetRequest, data_root: str =
         out["other_classes_top1"] = float(hit[~in_class].mean())
     other = {}
     for name in others:
-        ods = _split(name, split, str(data_root))
+        ods = cached_split(name, split, str(data_root))
         p, y = predictions(bundle, ods)
         other[name] = metrics.top1(p, y)
     out["other"] = other

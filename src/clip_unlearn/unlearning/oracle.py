@@ -19,7 +19,7 @@ from clip_unlearn.config import BUILTIN, BootstrapConfig
 from clip_unlearn.data import ImageDataset
 from clip_unlearn.models import ClipBundle
 from clip_unlearn.schema import Section
-from clip_unlearn.unlearning.context import UnlearnContext, _split
+from clip_unlearn.unlearning.context import UnlearnContext, cached_split
 from clip_unlearn.unlearning.registry import register
 from clip_unlearn.unlearning.request import ForgetRequest
 
@@ -42,7 +42,7 @@ def oracle_train_sets(request: ForgetRequest, data_root: str, datasets: list[str
                          "retraining from scratch only covers the built-in data the model was trained on")
     sets = []
     for name in datasets:
-        ds = _split(name, "train", str(data_root))
+        ds = cached_split(name, "train", str(data_root))
         if name == request.dataset:
             ds = ds.select(request.classes, request.where or None, invert=True)
         sets.append(ds)
@@ -67,7 +67,7 @@ def oracle(bundle: ClipBundle, ctx: UnlearnContext, cfg: OracleConfig) -> dict:
     boot = _bootstrap(bundle, cfg)
     fresh, history = train_reference(sets, boot, arch=bundle.arch, log=ctx.log)
     bundle.model.load_state_dict(fresh.model.state_dict())
-    full = len(_split(ctx.request.dataset, "train", str(ctx.data_root)))
+    full = len(cached_split(ctx.request.dataset, "train", str(ctx.data_root)))
     return {"steps": boot.steps, "train_seconds": fresh.meta.get("train_seconds"),
             "datasets": datasets, "n_train": {ds.name: len(ds) for ds in sets},
             "n_removed": full - len(sets[datasets.index(ctx.request.dataset)]),
