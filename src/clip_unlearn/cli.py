@@ -4,6 +4,13 @@
     unlearn data                 # DVC stage: generate the built-in datasets
     unlearn train-reference      # DVC stage: train the reference model
     unlearn evaluate             # DVC stage: zero-shot evaluation -> metrics/reference.json
+    unlearn erase                # one erasure now: base -> forget -> verify -> register -> promote
+    unlearn submit request.json  # queue a request in S3; `unlearn status` shows where it is
+    unlearn process              # process the pending requests (what the schedule runs)
+    unlearn serve                # the scheduled deployment on the Prefect server
+    unlearn models list|promote|rollback|history|register
+    unlearn report REQUEST_ID    # the certificate of a request
+Exit codes: 0 ok, 1 verification failed / request failed, 2 bad input, 3 a server unreachable.
 """
 
 from __future__ import annotations
@@ -27,6 +34,22 @@ def _params(path: str):
     except ConfigError as e:
         typer.secho(str(e), fg="red", err=True)
         raise typer.Exit(2)
+
+
+def _fail(e: Exception) -> typer.Exit:
+    """Print a user-facing error (credentials scrubbed) and pick the exit code."""
+    from clip_unlearn.erasure.steps import is_transient
+    from clip_unlearn.storage import _scrub
+
+    typer.secho(_scrub(f"error: {e}"), fg="red", err=True)
+    return typer.Exit(3 if is_transient(e) else 2)
+
+
+def _erasure_errors():
+    from clip_unlearn.erasure.registry import IntegrityError, RegistryError
+    from clip_unlearn.storage import StorageError
+
+    return (ConfigError, RegistryError, IntegrityError, StorageError, FileNotFoundError, ConnectionError)
 
 
 @app.command()
@@ -59,15 +82,25 @@ def evaluate(params: str = PARAMS,
 
 
 @app.command()
-def bootstrap(params: str = PARAMS, force_train: bool = typer.Option(False, help="retrain even if current")):
+def bootstrap(params: str = PARAMS, force_train: bool = typer.Option(False, help="retrain even if current"),
+              register: bool = typer.Option(False, help="also register the model in MLflow as the base "
+                                                        "(champion if there is none)")):
     """Run the bootstrap flow: data -> reference model (if needed) -> evaluation table."""
-    _params(params)
+    p = _params(params)
     from flows.bootstrap import bootstrap as bootstrap_flow
     from clip_unlearn.reference import format_table
 
     out = bootstrap_flow(params_path=params, force_train=force_train)
     typer.echo(f"\nreference model: {out['model_dir']}\n")
     typer.echo(format_table(out["results"]))
+    if register:
+        from clip_unlearn.erasure.steps import register_base
+
+        try:
+            info = register_base(p, out["model_dir"], metrics=out["results"])
+        except _erasure_errors() as e:
+            raise _fail(e)
+        typer.echo(f"\nregistered {info['name']} v{info['version']}; aliases {info['aliases']}")
 
 
 @app.command()
@@ -161,6 +194,306 @@ def methods():
 
     for name, m in sorted(METHODS.items()):
         typer.echo(f"{name:<16} {'data-free' if m.data_free else 'uses data':<10} {m.summary}")
+
+
+def _request(p, request_file: Optional[str], rid: Optional[str], dataset, cls, where, method, model, requester,
+             reason):
+    from clip_unlearn.erasure.requests import parse_request
+
+    if request_file:
+        from pathlib import Path
+
+        path = Path(request_file)
+        if not path.is_file():
+            typer.secho(f"{path}: no such request file", fg="red", err=True)
+            raise typer.Exit(2)
+        return parse_request(path.read_text(), str(path))
+    d = p.default_request().model_dump()
+    try:
+        conds = dict(w.split("=", 1) for w in (where or []))
+    except ValueError:
+        typer.secho("--where takes attr=value, e.g. --where ink=red", fg="red", err=True)
+        raise typer.Exit(2)
+    given = {"id": rid, "dataset": dataset, "classes": cls or None, "where": conds or None, "method": method,
+             "model": model, "requester": requester, "reason": reason}
+    d |= {k: v for k, v in given.items() if v is not None}
+    if (cls or dataset or method or where) and not rid:
+        import hashlib
+        import json
+
+        d["id"] = "adhoc-" + hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+    return parse_request(d, "request")
+
+
+def _check_names(p, req) -> None:
+    from clip_unlearn.unlearning.context import cached_split
+
+    try:
+        ds = cached_split(req.dataset, "train", p.data.root)
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(f"dataset {req.dataset!r}: {e}") from None
+    req.forget_request().check(ds.classes, ds.attributes)
+
+
+REQ_OPTS = dict(
+    request_file=typer.Option(None, "--request", "-r", help="request JSON file (docs/requests.md)"),
+    rid=typer.Option(None, "--id", help="request id (default: erase.request_id, or derived from the content)"),
+    dataset=typer.Option(None, help="dataset (default: forget.dataset)"),
+    cls=typer.Option(None, "--class", help="class to forget (repeatable; default: forget.classes)"),
+    where=typer.Option(None, help="subgroup filter attr=value (repeatable)"),
+    method=typer.Option(None, help="method (default: forget.method)"),
+    model=typer.Option(None, help="registered model (default: registry.model_name)"),
+    requester=typer.Option(None, help="who asks"),
+    reason=typer.Option(None, help="why (legal basis, ticket)"),
+)
+
+
+@app.command()
+def erase(params: str = PARAMS, request_file: Optional[str] = REQ_OPTS["request_file"],
+          rid: Optional[str] = REQ_OPTS["rid"], dataset: Optional[str] = REQ_OPTS["dataset"],
+          cls: Optional[list[str]] = REQ_OPTS["cls"], where: Optional[list[str]] = REQ_OPTS["where"],
+          method: Optional[str] = REQ_OPTS["method"], model: Optional[str] = REQ_OPTS["model"],
+          requester: Optional[str] = REQ_OPTS["requester"], reason: Optional[str] = REQ_OPTS["reason"]):
+    """Run one erasure now (the erase flow): forget, verify, register; promote if it passed."""
+    p = _params(params)
+    try:
+        req = _request(p, request_file, rid, dataset, cls, where, method, model, requester, reason)
+        _check_names(p, req)
+        from flows.erase import erase as erase_flow
+
+        out = erase_flow(request=req.model_dump(), params_path=params)
+    except _erasure_errors() as e:
+        raise _fail(e)
+    _print_erasure(out)
+    if out["verdict"] != "passed":
+        raise typer.Exit(1)
+
+
+def _print_erasure(out: dict) -> None:
+    typer.echo(f"\nrequest {out['request_id']}: {out['model']} v{out['base_version']} -> v{out['version']}\n")
+    typer.echo(out["table"])
+    colour = "green" if out["verdict"] == "passed" else "red"
+    typer.secho(f"\nverdict: {out['verdict'].upper()}", fg=colour, bold=True)
+    typer.echo(f"registered: {out['model']} v{out['version']} "
+               f"({'promoted to champion' if out['promoted'] else 'candidate, not promoted'})")
+    typer.echo(f"certificate: {out['certificate_local']}\n             {out['certificate_html']}")
+
+
+@app.command()
+def submit(request_file: str = typer.Argument(..., help="request JSON file (docs/requests.md)"),
+           params: str = PARAMS):
+    """Validate a request and queue it in S3 (requests/<id>/); the scheduled job picks it up."""
+    p = _params(params)
+    from clip_unlearn.erasure.requests import RequestStore
+
+    try:
+        req = _request(p, request_file, None, None, None, None, None, None, None, None)
+        _check_names(p, req)
+        outcome = RequestStore(p.storage).submit(req)
+    except _erasure_errors() as e:
+        raise _fail(e)
+    typer.echo(f"{req.id}: {'submitted' if outcome == 'created' else 'already submitted (same content); unchanged'}")
+
+
+@app.command()
+def status(request_id: Optional[str] = typer.Argument(None, help="one request (default: all)"),
+           params: str = PARAMS, as_json: bool = typer.Option(False, "--json", help="machine-readable")):
+    """Where each request stands: pending, running, retry, done (version, certificate) or failed (reason)."""
+    import json
+
+    p = _params(params)
+    from clip_unlearn.erasure.requests import RequestStore
+
+    try:
+        store = RequestStore(p.storage)
+        ids = [request_id] if request_id else store.ids()
+        if request_id:
+            store.get(request_id)
+        rows = [store.state(i) for i in ids]
+    except _erasure_errors() as e:
+        raise _fail(e)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=1))
+        return
+    typer.echo(f"{'request':<28} {'state':<8} {'tries':>5}  {'since':<25} detail")
+    for r in rows:
+        last = r["last"]
+        detail = (f"v{last['version']} {last.get('certificate', '')}" if r["state"] == "done"
+                  else last.get("reason", last.get("step", "")))
+        typer.echo(f"{r['id']:<28} {r['state']:<8} {r['attempts']:>5}  {last.get('at', ''):<25} {detail}")
+
+
+@app.command()
+def process(params: str = PARAMS, max_requests: int = typer.Option(0, help="stop after this many (0: all)")):
+    """Process every pending request now (the flow the schedule runs), grouped per model."""
+    _params(params)
+    from flows.process import process_requests
+
+    try:
+        out = process_requests(params_path=params, max_requests=max_requests)
+    except _erasure_errors() as e:
+        raise _fail(e)
+    for r in out:
+        typer.echo(f"{r['id']:<28} {r['state']:<8} {r.get('version', '') and 'v' + r['version']} "
+                   f"{r.get('reason', r.get('certificate', ''))}")
+    if any(r["state"] == "failed" for r in out):
+        raise typer.Exit(1)
+
+
+@app.command()
+def serve(params: str = PARAMS, cron: Optional[str] = typer.Option(None, help="cron (default: erase.schedule.cron)"),
+          work_pool: Optional[str] = typer.Option(None, help="work pool (default: erase.schedule.work_pool)"),
+          run_now: bool = typer.Option(False, help="also start one run now and wait for it")):
+    """Create or update the scheduled deployment of process-requests on the Prefect server."""
+    _params(params)
+    import os
+
+    if not os.environ.get("PREFECT_API_URL"):
+        typer.secho("PREFECT_API_URL is not set: start the stack and load its environment "
+                    "(bash infra/stack.sh start; eval \"$(bash infra/stack.sh env)\")", fg="red", err=True)
+        raise typer.Exit(2)
+    from flows.deploy import deploy, run_now as run
+
+    info = deploy(params, cron=cron, work_pool=work_pool)
+    typer.echo(f"deployment {info['name']} ({info['id']}): cron '{info['cron']}' on work pool {info['work_pool']}")
+    if run_now:
+        typer.echo(str(run(info["name"])))
+
+
+models_app = typer.Typer(no_args_is_help=True, help="The registry: list, promote, roll back, audit.")
+app.add_typer(models_app, name="models")
+
+
+def _registry(params: str):
+    from clip_unlearn.erasure import registry
+
+    p = _params(params)
+    try:
+        return p, registry.client(p.registry)
+    except registry.RegistryError as e:
+        raise _fail(e)
+
+
+@models_app.command("list")
+def models_list(model: Optional[str] = typer.Argument(None), params: str = PARAMS):
+    """Every version with its verdict, request, method, what it forgot, and aliases."""
+    from clip_unlearn.erasure import registry
+
+    p, c = _registry(params)
+    name = model or p.registry.model_name
+    try:
+        rows = [registry.describe(v) for v in registry.versions(c, name)]
+        for a, v in registry.aliases(c, name).items():
+            for r in rows:
+                if r["version"] == v:
+                    r["aliases"] = ",".join(sorted(set(filter(None, r["aliases"].split(",") + [a]))))
+    except Exception as e:  # noqa: BLE001
+        raise _fail(e)
+    typer.echo(f"{name}")
+    typer.echo(f"{'ver':>4} {'aliases':<20} {'verdict':<8} {'base':>4} {'method':<12} {'request':<28} forgotten")
+    for r in rows:
+        typer.echo(f"{r['version']:>4} {r['aliases']:<20} {r['verdict']:<8} {r['base']:>4} {r['method']:<12} "
+                   f"{r['request_id']:<28} {r['forgotten']}")
+
+
+@models_app.command("promote")
+def models_promote(version: str, reason: str = typer.Option(..., help="why (recorded in the audit log)"),
+                   model: Optional[str] = typer.Option(None), params: str = PARAMS,
+                   force: bool = typer.Option(False, help="promote a version whose verification did not pass")):
+    """Point `champion` at VERSION (only a version that passed verification, unless --force)."""
+    from clip_unlearn.erasure import registry
+
+    p, c = _registry(params)
+    name = model or p.registry.model_name
+    try:
+        mv = registry.resolve(c, name, version)
+        verdict = (mv.tags or {}).get("verdict")
+        if verdict not in ("passed", "base") and not force:
+            typer.secho(f"{name} v{mv.version} has verdict {verdict!r}: not promoting without evidence "
+                        "(--force records an override)", fg="red", err=True)
+            raise typer.Exit(1)
+        rec = registry.move_alias(c, p.storage, name, "champion", mv.version, why=reason)
+    except typer.Exit:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise _fail(e)
+    typer.echo(f"{name}@champion: v{rec['from']} -> v{rec['to']} ({rec['who']}, {rec['when']})")
+
+
+@models_app.command("rollback")
+def models_rollback(reason: str = typer.Option(..., help="why (recorded in the audit log)"),
+                    model: Optional[str] = typer.Option(None), params: str = PARAMS):
+    """Move `champion` back to where it pointed before its last move."""
+    from clip_unlearn.erasure import registry
+
+    p, c = _registry(params)
+    name = model or p.registry.model_name
+    try:
+        moves = [r for r in registry.audit_log(p.storage, name) if r["alias"] == "champion"]
+        current = registry.aliases(c, name).get("champion")
+        prev = next((r["from"] for r in reversed(moves) if r["to"] == current and r["from"]), None)
+        if prev is None:
+            typer.secho(f"{name}: champion v{current} has no earlier champion to roll back to", fg="red", err=True)
+            raise typer.Exit(1)
+        rec = registry.move_alias(c, p.storage, name, "champion", prev, why=f"rollback: {reason}", expect=current)
+    except typer.Exit:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise _fail(e)
+    typer.echo(f"{name}@champion: v{rec['from']} -> v{rec['to']} (rollback)")
+
+
+@models_app.command("history")
+def models_history(model: Optional[str] = typer.Argument(None), params: str = PARAMS):
+    """Every alias move: when, who, alias, from, to, why."""
+    from clip_unlearn.erasure import registry
+
+    p = _params(params)
+    name = model or p.registry.model_name
+    try:
+        for r in registry.audit_log(p.storage, name):
+            typer.echo(f"{r['when']}  {r['who']:<24} {r['alias']:<10} v{r['from']} -> v{r['to']}  {r['why']}")
+    except _erasure_errors() as e:
+        raise _fail(e)
+
+
+@models_app.command("register")
+def models_register(model_dir: str, name: Optional[str] = typer.Option(None, help="registered model name"),
+                    params: str = PARAMS):
+    """Register a saved model folder (yours or the reference) as a base version."""
+    from clip_unlearn.erasure.steps import register_base
+
+    p = _params(params)
+    try:
+        info = register_base(p, model_dir, name)
+    except _erasure_errors() as e:
+        raise _fail(e)
+    typer.echo(f"{info['name']} v{info['version']} (weights {info['sha256'][:12]}); aliases {info['aliases']}")
+
+
+@app.command()
+def report(request_id: str, params: str = PARAMS,
+           out: str = typer.Option("runs/reports", help="where to download the certificate")):
+    """Download a request's certificate (JSON, HTML, PNG), check its hash, print its table."""
+    import json
+    from pathlib import Path
+
+    from clip_unlearn import storage
+    from clip_unlearn.certificate import format_table, verify_certificate
+
+    p = _params(params)
+    try:
+        folder = Path(out) / storage.safe_key(request_id)
+        storage.download_dir(p.storage, storage.safe_key("certificates", request_id), folder)
+    except (ValueError, *_erasure_errors()) as e:
+        raise _fail(e)
+    cert = json.loads((folder / "certificate.json").read_text())
+    ok = verify_certificate(folder / "certificate.json")
+    typer.echo(format_table(cert["before"], cert["after"]))
+    typer.echo(f"\nverdict: {cert['verdict']}   model: {cert['model']['name']} v{cert['model']['version']}   "
+               f"integrity: {'ok' if ok else 'MISMATCH'}\ncertificate: {folder / 'certificate.html'}")
+    if not ok:
+        raise typer.Exit(1)
 
 
 def main() -> None:  # pragma: no cover

@@ -15,7 +15,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, field_validator
 
+from clip_unlearn.erasure.registry import RegistryConfig
+from clip_unlearn.erasure.verify import Thresholds
 from clip_unlearn.schema import ConfigError, Section, validate
+from clip_unlearn.storage import StorageConfig
 
 
 BUILTIN = ("digits", "shapes")
@@ -131,6 +134,25 @@ def _validate_methods(value: Any) -> dict[str, Section]:
     return out
 
 
+class ScheduleConfig(Section):
+    cron: str = Field("*/10 * * * *", description="when the deployment processes pending requests")
+    timezone: str = "UTC"
+    work_pool: str = Field("local-process", pattern=r"^[A-Za-z0-9._-]+$")
+    deployment: str = Field("process-requests", pattern=r"^[A-Za-z0-9._-]+$")
+
+
+class EraseConfig(Section):
+    """The erasure job: where it works, how long a worker's lease lasts, the default request."""
+    workdir: str = "runs/erase"
+    lease_seconds: float = Field(900, gt=0, description="a worker that stops renewing loses its claim after this")
+    model_wait_seconds: float = Field(1800, ge=0, description="wait this long for another worker on the same model")
+    max_attempts: int = Field(3, ge=1, le=20, description="tries per request before it is marked failed")
+    request_id: str = Field("quickstart-digits-seven", description="id of the default request (forget:)")
+    requester: str = "quickstart"
+    reason: str = "Quickstart: erase the default class and prove it"
+    schedule: ScheduleConfig = ScheduleConfig()
+
+
 class Params(Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -140,11 +162,31 @@ class Params(Section):
     methods: dict[str, Any] = Field(default_factory=dict, validate_default=True)
     targets: Any = Field(None, validate_default=True)
     benchmark: BenchmarkConfig = BenchmarkConfig()
+    storage: StorageConfig = StorageConfig()
+    registry: RegistryConfig = RegistryConfig()
+    verify: Thresholds = Thresholds()
+    assurance: Any = Field(None, validate_default=True)
+    erase: EraseConfig = EraseConfig()
+
+    def default_request(self):
+        """The erasure request the Quickstart and `dvc repro` run: forget: plus erase: ids."""
+        from clip_unlearn.erasure.requests import ErasureRequest
+
+        e, f = self.erase, self.forget
+        return ErasureRequest(id=e.request_id, requester=e.requester, reason=e.reason, model=self.registry.model_name,
+                              dataset=f.dataset, classes=f.classes, where=f.where, method=f.method)
 
     @field_validator("methods", mode="before")
     @classmethod
     def _methods(cls, v: Any) -> dict[str, Section]:
         return _validate_methods(v)
+
+    @field_validator("assurance", mode="before")
+    @classmethod
+    def _assurance(cls, v: Any):
+        from clip_unlearn.unlearning.assurance import AssuranceConfig
+
+        return v if isinstance(v, AssuranceConfig) else validate(AssuranceConfig, v or {}, "assurance")
 
     @field_validator("targets", mode="before")
     @classmethod
