@@ -1,5 +1,18 @@
 #!/usr/bin/env bash
-# The main job on the embedded defaults: set up, then bootstrap the reference CLIP on the
-# built-in data (skipped when already current) and print its zero-shot accuracy table.
+# The main job on the embedded defaults, from a fresh clone:
+#   set up .venv -> start the local stack (S3, MLflow, Prefect, worker; loopback) -> bootstrap the
+#   reference CLIP if needed and register it as clip-ref's champion -> erase the default class
+#   (params.yaml forget:) -> verify -> register the new version -> promote it if it passed ->
+#   print the before/after table, the version and the certificate's path.
+# Run it again: every step is skipped or resumed, nothing is registered twice.
+set -euo pipefail
 source "$(dirname "$0")/env.sh"
-unlearn bootstrap "$@"
+bash infra/stack.sh start
+eval "$(bash infra/stack.sh env)"
+unlearn bootstrap --register "$@"
+status=0
+unlearn erase || status=$?
+unlearn models list
+echo
+echo "stack still running: bash infra/stack.sh status | stop;  MLflow http://127.0.0.1:5000  Prefect http://127.0.0.1:4200"
+exit $status

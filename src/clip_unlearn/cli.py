@@ -15,6 +15,7 @@ Exit codes: 0 ok, 1 verification failed / request failed, 2 bad input, 3 a serve
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Optional
 
@@ -494,6 +495,23 @@ def report(request_id: str, params: str = PARAMS,
                f"integrity: {'ok' if ok else 'MISMATCH'}\ncertificate: {folder / 'certificate.html'}")
     if not ok:
         raise typer.Exit(1)
+
+
+@app.command()
+def stage(name: str = typer.Argument(..., help="synthesize | unlearn | verify | register"), params: str = PARAMS):
+    """One erasure step on the reference model and the default request (DVC stages, dvc.yaml)."""
+    from clip_unlearn.erasure.dvc_stages import STAGES
+
+    p = _params(params)
+    if name not in STAGES:
+        typer.secho(f"unknown stage {name!r}; allowed: {', '.join(STAGES)}", fg="red", err=True)
+        raise typer.Exit(2)
+    try:
+        out = STAGES[name](p)
+    except _erasure_errors() as e:
+        raise _fail(e)
+    if out:
+        typer.echo(json.dumps(out, indent=1))
 
 
 def main() -> None:  # pragma: no cover

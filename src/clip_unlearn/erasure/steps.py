@@ -256,9 +256,12 @@ def promote(job: Job, base: dict, registered: dict) -> dict:
     champion = reg.aliases(c, req.model).get("champion")
     if champion == registered["version"]:
         return {"promoted": True, "why": "already champion"}
-    expect = base["version"] if req.base == "champion" else champion
+    if champion is not None and champion != base["version"]:
+        # Promoting would drop whatever v{champion} erased since the base: leave it to a person.
+        return {"promoted": False, "why": f"champion is v{champion}, not the base v{base['version']} this "
+                                          "version was made from; left as candidate"}
     reg.move_alias(c, job.storage, req.model, "champion", registered["version"],
-                   why=f"request {req.id} passed verification", expect=expect)
+                   why=f"request {req.id} passed verification", expect=champion)
     return {"promoted": True, "why": f"request {req.id} passed verification"}
 
 
