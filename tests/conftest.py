@@ -78,3 +78,46 @@ def prefect_harness():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def weed_server(tmp_path_factory):
+    """A real S3 server (SeaweedFS) for the session: {"endpoint", "key", "secret", "startup_s"}."""
+    from servers import start_weed
+
+    with start_weed(tmp_path_factory.mktemp("weed")) as server:
+        yield server
+
+
+STACK_BUCKET = "clip-unlearn-test"
+
+
+@pytest.fixture(scope="session")
+def stack(weed_server, tmp_path_factory):
+    """S3 + an MLflow tracking server (artifacts in that S3), with the environment a user gets
+    from `eval "$(bash infra/stack.sh env)"` set for the session."""
+    from servers import start_mlflow, stop
+
+    env = {"AWS_ACCESS_KEY_ID": weed_server["key"], "AWS_SECRET_ACCESS_KEY": weed_server["secret"],
+           "AWS_ENDPOINT_URL": weed_server["endpoint"], "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+           "AWS_EC2_METADATA_DISABLED": "true", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+           "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+    saved = {k: os.environ.get(k) for k in [*env, "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE"]}
+    os.environ.update(env)
+    for k in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE"):
+        os.environ.pop(k, None)
+    from clip_unlearn import storage
+
+    storage.ensure_bucket(storage.StorageConfig(bucket=STACK_BUCKET))
+    proc, url = start_mlflow(tmp_path_factory.mktemp("mlflow"), weed_server, STACK_BUCKET)
+    os.environ["MLFLOW_TRACKING_URI"] = url
+    try:
+        yield {**weed_server, "mlflow": url, "bucket": STACK_BUCKET, "mlflow_proc": proc}
+    finally:
+        stop(proc)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

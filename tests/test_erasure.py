@@ -1,0 +1,197 @@
+"""The erasure pipeline against real components: S3 (SeaweedFS), an MLflow tracking server and
+Prefect (test harness). Tiny data and a tiny random model keep each run to seconds."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clip_unlearn import storage
+from clip_unlearn.certificate import verify_certificate
+from clip_unlearn.erasure import registry as reg
+from clip_unlearn.erasure import steps
+from clip_unlearn.erasure.eventlog import Lease
+from clip_unlearn.erasure.requests import ErasureRequest, RequestStore, parse_request
+from clip_unlearn.models import WEIGHTS_FILE, load_model, save_model
+from clip_unlearn.schema import ConfigError
+
+LENIENT = {k: None for k in ("forget_max", "retain_drop_max", "other_drop_max", "subgroup_rest_drop_max",
+                              "other_classes_drop_max")} | {"relearn_forget_max": 1.0}
+STRICT = {"forget_max": 0.0, "forget_drop_min": 0.99}
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    import torch
+
+    torch.manual_seed(0)
+    return str(save_model(load_model("clip-ref-tiny", device="cpu"), tmp_path_factory.mktemp("m") / "tiny"))
+
+
+@pytest.fixture
+def env(tiny_params, stack, tiny_model_dir, tmp_path):
+    """Params pointing at the test stack, a fresh model name and prefix, the base registered."""
+    name = f"m-{uuid.uuid4().hex[:8]}"
+    p = tiny_params.model_copy(update={
+        "storage": tiny_params.storage.model_copy(update={"bucket": stack["bucket"], "prefix": f"t/{name}"}),
+        "registry": tiny_params.registry.model_copy(update={"model_name": name, "experiment": "tests"}),
+        "verify": tiny_params.verify.model_copy(update=LENIENT),
+        "assurance": tiny_params.assurance.model_copy(update={"relearn_steps": 2, "relearn_batch_size": 8,
+                                                              "relearn_eval_every": 1, "probe_max_iter": 10}),
+        "forget": tiny_params.forget.model_copy(update={"method": "projection"}),
+        "erase": tiny_params.erase.model_copy(update={"workdir": str(tmp_path / "runs"), "request_id": "q1",
+                                                      "lease_seconds": 60, "model_wait_seconds": 5}),
+    })
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(json.loads(p.model_dump_json())))
+    base = steps.register_base(p, tiny_model_dir)
+    return {"params": p, "path": str(path), "name": name, "base": base, "client": reg.client(p.registry)}
+
+
+def request(env, rid="r1", **kw) -> ErasureRequest:
+    return ErasureRequest(**{"id": rid, "requester": "dpo@example.com", "model": env["name"], "dataset": "digits",
+                             "classes": ["seven"], "method": "projection", "reason": "test", **kw})
+
+
+def test_erase_registers_verifies_promotes_with_evidence(env, prefect_harness, stack):
+    from flows.erase import erase
+
+    c, name = env["client"], env["name"]
+    assert env["base"]["version"] == "1" and reg.aliases(c, name) == {"champion": "1"}
+    out = erase(request=request(env).model_dump(), params_path=env["path"])
+    assert (out["verdict"], out["version"], out["promoted"]) == ("passed", "2", True)
+    assert reg.aliases(c, name) == {"champion": "2", "candidate": "2"}
+    tags = c.get_model_version(name, "2").tags
+    assert tags["request_id"] == "r1" and tags["method"] == "projection" and tags["base_version"] == "1"
+    assert tags["forgotten"] == "digits:seven" and tags["verdict"] == "passed" and "af.forget_top1" in tags
+    assert "digits" in json.loads(tags["data_versions"]) and "git_commit" in json.loads(tags["code_version"])
+    # certificate in S3 (integrity-checked) and on the MLflow run
+    folder = Path(env["params"].erase.workdir) / "dl"
+    storage.download_dir(env["params"].storage, "certificates/r1", folder)
+    assert verify_certificate(folder / "certificate.json")
+    assert {"certificate.json", "certificate.html", "per_class.png"} <= {p.name for p in folder.iterdir()}
+    run = c.get_model_version(name, "2").run_id
+    assert {a.path for a in c.list_artifacts(run, "certificate")} >= {"certificate/certificate.html"}
+    # no credential anywhere a user can read
+    blob = json.dumps(tags) + (folder / "certificate.json").read_text() + json.dumps(c.get_run(run).data.params)
+    assert stack["secret"] not in blob and stack["key"] not in blob
+    moves = [r for r in reg.audit_log(env["params"].storage, name) if r["alias"] == "champion"]
+    assert [(m["from"], m["to"]) for m in moves] == [(None, "1"), ("1", "2")] and all(m["who"] for m in moves)
+
+
+def test_failed_verification_is_registered_but_never_promoted(env, prefect_harness):
+    from flows.erase import erase
+
+    out = erase(request=request(env, "strict", thresholds=STRICT).model_dump(), params_path=env["path"])
+    assert (out["verdict"], out["promoted"]) == ("failed", False)
+    assert reg.aliases(env["client"], env["name"]) == {"champion": "1", "candidate": out["version"]}
+    from typer.testing import CliRunner
+
+    from clip_unlearn.cli import app
+
+    res = CliRunner().invoke(app, ["models", "promote", out["version"], "--reason", "try", "--model", env["name"],
+                                   "-p", env["path"]])
+    assert res.exit_code == 1 and "not promoting without evidence" in res.output
+    assert reg.aliases(env["client"], env["name"])["champion"] == "1"
+
+
+def test_requests_are_processed_once_and_ids_never_reused(env, prefect_harness):
+    from flows.process import process_requests
+
+    store = RequestStore(env["params"].storage)
+    assert store.submit(request(env, "a")) == "created"
+    assert store.submit(request(env, "a")) == "exists"
+    with pytest.raises(ConfigError, match="already used for a different request"):
+        store.submit(request(env, "a", classes=["three"]))
+    store.submit(request(env, "b", thresholds=STRICT))
+    out = {r["id"]: r for r in process_requests(params_path=env["path"])}
+    assert out["a"]["state"] == "done" and out["b"]["state"] == "failed" and "verification" in out["b"]["reason"]
+    assert process_requests(params_path=env["path"]) == []   # nothing left, nothing redone
+    for rid in ("a", "b"):
+        assert len(reg.find(env["client"], env["name"], request_id=rid)) == 1
+    assert store.state("a")["last"]["version"] == out["a"]["version"]
+
+
+def test_crash_between_register_and_promote_resumes_consistently(env, prefect_harness):
+    from flows.erase import erase
+
+    p, req = env["params"], request(env, "crash")
+    job = steps.Job.create(p, req, log=lambda s: None)
+    base = steps.fetch_base(job)
+    out = steps.unlearn(job, base["model_dir"], None)
+    registered = steps.register(job, base, out, steps.verify(job, base["model_dir"], out["model_dir"], out["result"]))
+    assert reg.aliases(env["client"], env["name"])["champion"] == "1"   # "crashed" before promoting
+    summary = erase(request=req.model_dump(), params_path=env["path"])
+    assert summary["resumed"] and summary["version"] == registered["version"] and summary["promoted"]
+    assert len(reg.find(env["client"], env["name"], request_id="crash")) == 1
+    assert reg.aliases(env["client"], env["name"])["champion"] == registered["version"]
+
+
+def test_corrupted_weights_in_s3_are_refused(env, prefect_harness):
+    from flows.process import process_requests
+
+    p = env["params"]
+    sha = env["base"]["sha256"]
+    storage.put_bytes(p.storage, f"models/{env['name']}/{sha}/{WEIGHTS_FILE}", b"not the weights")
+    with pytest.raises(reg.IntegrityError, match="sha256"):
+        reg.fetch(env["client"].get_model_version(env["name"], "1"), p.storage, Path(p.erase.workdir) / "x")
+    store = RequestStore(p.storage)
+    store.submit(request(env, "corrupt"))
+    (out,) = process_requests(params_path=env["path"])
+    assert out["state"] == "failed" and "IntegrityError" in out["reason"]
+    assert reg.find(env["client"], env["name"], request_id="corrupt") == []
+
+
+def test_mlflow_down_leaves_the_request_pending_then_it_completes(env, prefect_harness, tmp_path):
+    from flows.process import process_requests
+    from servers import free_port
+
+    down = env["params"].model_copy(update={"registry": env["params"].registry.model_copy(
+        update={"tracking_uri": f"http://127.0.0.1:{free_port()}"})})
+    bad = tmp_path / "down.yaml"
+    bad.write_text(yaml.safe_dump(json.loads(down.model_dump_json())))
+    store = RequestStore(env["params"].storage)
+    store.submit(request(env, "later"))
+    (out,) = process_requests(params_path=str(bad))
+    assert out["state"] == "retry" and store.state("later")["state"] == "retry"
+    (out,) = process_requests(params_path=env["path"])
+    assert out["state"] == "done" and store.state("later")["attempts"] == 2
+
+
+def test_bad_requests_say_what_is_wrong(env):
+    with pytest.raises(ConfigError, match=r"thresholds: forget_max"):
+        parse_request(request(env).model_dump() | {"thresholds": {"forget_max": 1.5}})
+    with pytest.raises(ConfigError, match="id"):
+        parse_request(request(env).model_dump() | {"id": "../../etc"})
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        parse_request("{nope")
+    with pytest.raises(ConfigError, match="unknown method 'projektion'"):
+        parse_request(request(env).model_dump() | {"method": "projektion"})
+    with pytest.raises(ConfigError, match="did you mean 'seven'"):
+        request(env, classes=["sevn"]).forget_request().check(
+            ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"], {})
+    with pytest.raises(reg.RegistryError, match=r"no alias 'gold' \(aliases: champion->v1"):
+        reg.resolve(env["client"], env["name"], "gold")
+    with pytest.raises(reg.RegistryError, match="no registered model 'nope'"):
+        reg.resolve(env["client"], "nope", "champion")
+
+
+def test_lease_has_exactly_one_holder(env):
+    from concurrent.futures import ThreadPoolExecutor
+
+    leases = [Lease(env["params"].storage, f"locks/test/{env['name']}", ttl=30) for _ in range(6)]
+    import clip_unlearn.erasure.eventlog as ev
+
+    ids = iter(range(100))
+    orig = ev.worker_id
+    try:  # six "workers" in one process: give each its own id
+        ev.worker_id = lambda: f"w{next(ids)}"
+        with ThreadPoolExecutor(6) as pool:
+            won = list(pool.map(lambda lease: lease.try_acquire(), leases))
+    finally:
+        ev.worker_id = orig
+    assert sum(won) == 1
