@@ -115,7 +115,8 @@ def test_probe_on_identical_models_drops_nothing(tiny_model, tiny_params, tmp_pa
     assert res["drop"] == 0.0 and res["base_balanced_accuracy"] == res["new_balanced_accuracy"]
     assert res["passed"] is False and "still linearly separable" in res["summary"]
     assert (tmp_path / "p.png").is_file()
-    res0 = probe_check(tiny_model, tiny_model, SEVEN, tiny_params.data.root, cfg.model_copy(update={"probe_margin": 0.0}))
+    res0 = probe_check(tiny_model, tiny_model, SEVEN, tiny_params.data.root,
+                       cfg.model_copy(update={"probe_margin": 0.0}))
     assert res0["passed"] is True and res0["figure"] is None
 
 

@@ -1,7 +1,7 @@
 """Process-wide set-up that must run before torchvision/open_clip/mlflow/prefect are imported.
 
 1. Telemetry off: every tool in the stack phones home unless told not to, and nothing here
-   may reach the network. Users can still override each variable.
+   may reach the network. Bounded client retries. Users can still override each variable.
 2. torchvision on a CPU-only torch: PyPI ships only CUDA builds of torchvision. Their `_C.so`
    fails to load silently against torch+cpu, and `torchvision/_meta_registrations.py` then
    registers fake kernels for `torchvision::nms`, an op that was never defined, raising
@@ -25,6 +25,11 @@ TELEMETRY_OFF = {
     "GIT_PYTHON_REFRESH": "quiet",
     # Prefect's temporary local server needs more than its default 20 s under load.
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+    # MLflow's client retries 7 times with backoff factor 2 by default (minutes while a server is
+    # down). Bounded here: 3 retries, 1-4 s apart; the job records a retry and moves on.
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
 }
 
 _patched = False

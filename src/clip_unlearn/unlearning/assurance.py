@@ -59,8 +59,10 @@ class AssuranceConfig(Section):
     #   lr 3e-4: projection max 0.48 (step 20); subgroup max 0.47 (step 30); base drifts to 0.74.
     #   lr 1e-3: unstable (projection curve dips to 0.19 before it rises).
     # 3e-4 is the strongest attack that stays a benign fine-tune, and the curves peak within ~30
-    # steps; 50 steps (~10 s on 1 thread, with the probe ~20 s for run_assurance) cover that. An
-    # evaluation point costs ~0.05 s (216 forgotten test images + class vectors), so every 5 steps.
+    # steps; 50 steps cover that. An evaluation point costs ~0.05 s (216 forgotten test images +
+    # class vectors), so every 5 steps. With these defaults (2 threads, a shared machine):
+    # relearn 13 s + probe 6 s = run_assurance 19 s; projection max 0.51 at step 15 (fails),
+    # subgroup 0.02 -> max 0.48 at step 25 (passes) -- both come back about half-way.
     relearn_steps: int = Field(50, ge=0, le=10_000, description="fine-tune steps on retained train images")
     relearn_lr: float = Field(3e-4, gt=0, le=1, description="AdamW learning rate of the relearn fine-tune")
     relearn_batch_size: int = Field(64, ge=1, le=4096, description="retained train images per relearn step")
