@@ -73,7 +73,12 @@ def test_erase_registers_verifies_promotes_with_evidence(env, prefect_harness, s
     folder = Path(env["params"].erase.workdir) / "dl"
     storage.download_dir(env["params"].storage, "certificates/r1", folder)
     assert verify_certificate(folder / "certificate.json")
-    assert {"certificate.json", "certificate.html", "per_class.png"} <= {p.name for p in folder.iterdir()}
+    assert {"certificate.json", "certificate.html", "per_class.png", "relearn.png", "probe.png"} <= \
+        {p.name for p in folder.iterdir()}
+    cert = json.loads((folder / "certificate.json").read_text())
+    assert cert["verdict"] == "passed" and cert["model"]["new_sha256"] == tags["weights_sha256"]
+    assert {"passed", "forget_top1_curve"} <= set(cert["assurance"]["relearn"])
+    assert {"passed", "base_balanced_accuracy", "new_balanced_accuracy"} <= set(cert["assurance"]["probe"])
     run = c.get_model_version(name, "2").run_id
     assert {a.path for a in c.list_artifacts(run, "certificate")} >= {"certificate/certificate.html"}
     # no credential anywhere a user can read
@@ -195,3 +200,48 @@ def test_lease_has_exactly_one_holder(env):
     finally:
         ev.worker_id = orig
     assert sum(won) == 1
+
+
+def test_non_finite_weights_abort_and_nothing_is_registered(env, prefect_harness, tmp_path):
+    import torch
+
+    from flows.process import process_requests
+
+    p, name = env["params"], f"nan-{uuid.uuid4().hex[:6]}"
+    bundle = load_model("clip-ref-tiny", device="cpu")
+    with torch.no_grad():
+        bundle.model.visual.proj[0, 0] = float("nan")   # one bad weight: unlearning spreads it
+    steps.register_base(p, str(save_model(bundle, tmp_path / "nan-model")), name, log=lambda s: None)
+    RequestStore(p.storage).submit(request(env, "nan", model=name))
+    (out,) = process_requests(params_path=env["path"])
+    assert out["state"] == "failed" and "non-finite" in out["reason"]
+    assert reg.find(env["client"], name, request_id="nan") == []
+    assert reg.aliases(env["client"], name) == {"champion": "1"}
+
+
+def test_cli_submit_refuses_unknown_names_and_s3_down_loses_nothing(env, stack, prefect_harness, tmp_path):
+    from typer.testing import CliRunner
+
+    from clip_unlearn.cli import app
+    from servers import free_port
+
+    runner = CliRunner()
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(request(env, "typo").model_dump() | {"classes": ["sevn"]}))
+    res = runner.invoke(app, ["submit", str(bad), "-p", env["path"]])
+    assert res.exit_code == 2 and "did you mean 'seven'" in res.output
+    store = RequestStore(env["params"].storage)
+    assert "typo" not in store.ids()
+    # S3 unreachable: a clear error naming the endpoint (no credential), exit code 3, nothing lost
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(request(env, "s3down").model_dump()))
+    down = env["params"].model_copy(update={"storage": env["params"].storage.model_copy(
+        update={"endpoint_url": f"http://127.0.0.1:{free_port()}", "max_attempts": 2, "connect_timeout": 1})})
+    dpath = tmp_path / "down.yaml"
+    dpath.write_text(yaml.safe_dump(json.loads(down.model_dump_json())))
+    for args in (["submit", str(good)], ["status"], ["process"]):
+        res = runner.invoke(app, [*args, "-p", str(dpath)])
+        assert res.exit_code == 3, res.output
+        assert "127.0.0.1" in res.output and stack["secret"] not in res.output and stack["key"] not in res.output
+    assert runner.invoke(app, ["submit", str(good), "-p", env["path"]]).exit_code == 0
+    assert store.state("s3down")["state"] == "pending"
