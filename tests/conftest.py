@@ -68,6 +68,15 @@ def reference_params(repo_params, tmp_path_factory) -> Params:
 
 
 @pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    """A randomly initialised clip-ref-tiny saved as a model folder (seeded): a base to erase from."""
+    from clip_unlearn.models import load_model, save_model
+
+    torch.manual_seed(0)
+    return str(save_model(load_model("clip-ref-tiny", device="cpu"), tmp_path_factory.mktemp("m") / "tiny"))
+
+
+@pytest.fixture(scope="session")
 def prefect_harness():
     from prefect.testing.utilities import prefect_test_harness
 

@@ -1,8 +1,12 @@
-"""`dvc repro` on a copy of the repository with shrunk params: runs every stage, then nothing."""
+"""`dvc repro` on a copy of the repository with shrunk params: runs every stage (data ->
+reference -> evaluate -> synthesize -> unlearn -> verify -> register, the last against the real
+S3 + MLflow of the `stack` fixture), then nothing; pushes to the S3 remote."""
 
 import json
+import os
 import shutil
 import subprocess
+import uuid
 
 import pytest
 import yaml
@@ -15,7 +19,7 @@ def run(cmd, cwd):
 
 
 @pytest.mark.slow
-def test_dvc_repro_runs_then_is_a_no_op(tmp_path):
+def test_dvc_repro_runs_then_is_a_no_op(tmp_path, stack):
     work = tmp_path / "repo"
     work.mkdir()
     for name in ("dvc.yaml", ".dvcignore", "src"):
@@ -24,21 +28,43 @@ def test_dvc_repro_runs_then_is_a_no_op(tmp_path):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"]["scale"] = 0.05
     params["bootstrap"].update(steps=4, batch_size=32)
+    name = f"dvc-{uuid.uuid4().hex[:6]}"
+    params["storage"].update(bucket=stack["bucket"], prefix=name)
+    params["registry"].update(model_name=name)
+    params["forget"]["method"] = "projection"
+    params["verify"].update(forget_max=None, retain_drop_max=None, other_drop_max=None, relearn_forget_max=1.0)
+    params["assurance"].update(relearn_steps=2, relearn_batch_size=8, relearn_eval_every=1, probe_max_iter=10)
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     run(["git", "init", "-q"], work)
     run(["dvc", "init", "-q"], work)
+    run(["dvc", "remote", "add", "-d", "storage", f"s3://{stack['bucket']}/{name}/dvc"], work)
+    run(["dvc", "remote", "modify", "storage", "endpointurl", os.environ["AWS_ENDPOINT_URL"]], work)
 
     first = run(["dvc", "repro"], work)
-    for stage in ("data", "reference", "evaluate"):
+    for stage in ("data", "reference", "evaluate", "synthesize", "unlearn", "verify", "register"):
         assert f"Running stage '{stage}'" in first
     metrics = json.loads((work / "metrics" / "reference.json").read_text())
     assert set(metrics) == {"digits", "shapes"}
+    erasure = json.loads((work / "metrics" / "erasure.json").read_text())
+    assert erasure["passed"] is True and erasure["model"] == name and erasure["version"] == 2
+    assert {"forget_top1", "retain_top1", "other_top1"} <= set(erasure["before"]) <= set(erasure["after"])
     assert "Data and pipelines are up to date" in run(["dvc", "repro"], work)
+    run(["dvc", "push"], work)
+    run(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], work)
+    assert (tmp_path / "plots" / "index.html").is_file()
+
+    params["methods"]["projection"]["lam"] = 0.01  # a method param reruns unlearn and after, only
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    second = run(["dvc", "repro"], work)
+    ran = {s for s in ("data", "reference", "evaluate", "synthesize", "unlearn", "verify", "register")
+           if f"Running stage '{s}'" in second}
+    assert ran == {"unlearn", "verify", "register"}
+    assert json.loads((work / "metrics" / "erasure.json").read_text())["version"] == 3
 
     params["bootstrap"]["steps"] = 5  # a bootstrap param reruns the model and evaluation, not the data
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     third = run(["dvc", "repro"], work)
     assert "Running stage 'reference'" in third and "Running stage 'evaluate'" in third
-    assert "Running stage 'data'" not in third
+    assert "Running stage 'data'" not in third and "Running stage 'register'" in third
     shown = run(["dvc", "metrics", "show", "--json"], work)
     assert "top1" in shown

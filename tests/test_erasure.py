@@ -24,14 +24,6 @@ LENIENT = {k: None for k in ("forget_max", "retain_drop_max", "other_drop_max", 
 STRICT = {"forget_max": 0.0, "forget_drop_min": 0.99}
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> str:
-    import torch
-
-    torch.manual_seed(0)
-    return str(save_model(load_model("clip-ref-tiny", device="cpu"), tmp_path_factory.mktemp("m") / "tiny"))
-
-
 @pytest.fixture
 def env(tiny_params, stack, tiny_model_dir, tmp_path):
     """Params pointing at the test stack, a fresh model name and prefix, the base registered."""
