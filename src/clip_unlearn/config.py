@@ -82,7 +82,7 @@ class ForgetConfig(Section):
     dataset: str = "digits"
     classes: list[str] = Field(default_factory=lambda: ["seven"], min_length=1)
     where: dict[str, str] = Field(default_factory=dict)
-    method: str = "projection"
+    method: str = "subgroup"
 
     def request(self):
         from clip_unlearn.unlearning.request import ForgetRequest

@@ -23,7 +23,8 @@ class Thresholds(Section):
     retain_min: float | None = Field(None, ge=0, le=1, description="retained top-1 after must be >= this")
     retain_drop_max: float | None = Field(0.03, ge=0, le=1)
     other_min: float | None = Field(None, ge=0, le=1, description="mean top-1 on the other datasets")
-    other_drop_max: float | None = Field(0.02, ge=0, le=1)
+    # 0.10: subgroup on digits:seven costs the small reference model 8.5 points on shapes (params.yaml)
+    other_drop_max: float | None = Field(0.10, ge=0, le=1)
     subgroup_rest_drop_max: float | None = Field(0.05, ge=0, le=1, description="subgroups: the class's rest")
     other_classes_drop_max: float | None = Field(0.03, ge=0, le=1, description="subgroups: the other classes")
     relearn_forget_max: float | None = Field(
