@@ -1,5 +1,6 @@
 """The erasure job as DVC stages (dvc.yaml: synthesize -> unlearn -> verify -> register), on the
-reference model of the earlier stages and the default request of params.yaml.
+reference model of the earlier stages and the default request of params.yaml. The certificate
+is written to pipeline/certificate/ and S3 (not a DVC output: S3 and MLflow hold it).
 
     unlearn stage synthesize|unlearn|verify|register
 
@@ -64,7 +65,8 @@ def register(params: Params) -> dict:
     from clip_unlearn.models import WEIGHTS_FILE, file_sha256
 
     new_sha = file_sha256(DIR / "model" / WEIGHTS_FILE)
-    rid = "dvc-" + hashlib.sha256(f"{base_info['sha256']}:{new_sha}:{ver['verdict']}".encode()).hexdigest()[:16]
+    evidence = hashlib.sha256((DIR / "verification.json").read_bytes()).hexdigest()
+    rid = "dvc-" + hashlib.sha256(f"{base_info['sha256']}:{new_sha}:{evidence}".encode()).hexdigest()[:16]
     job.request = job.request.model_copy(update={"id": rid, "base": base_info["version"],
                                                  "reason": "dvc repro of params.yaml"})
     c = job.client()
