@@ -107,9 +107,12 @@ def stack(weed_server, tmp_path_factory):
     from `eval "$(bash infra/stack.sh env)"` set for the session."""
     from servers import start_mlflow, stop
 
+    aws = tmp_path_factory.mktemp("aws")   # empty config files: no user profile leaks in
+    (aws / "config").write_text("")
+    (aws / "credentials").write_text("")
     env = {"AWS_ACCESS_KEY_ID": weed_server["key"], "AWS_SECRET_ACCESS_KEY": weed_server["secret"],
            "AWS_ENDPOINT_URL": weed_server["endpoint"], "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+           "AWS_CONFIG_FILE": str(aws / "config"), "AWS_SHARED_CREDENTIALS_FILE": str(aws / "credentials"),
            "AWS_EC2_METADATA_DISABLED": "true", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
     saved = {k: os.environ.get(k) for k in [*env, "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE"]}

@@ -15,7 +15,9 @@ from conftest import REPO
 
 
 def run(cmd, cwd):
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=True).stdout
+    res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    assert res.returncode == 0, f"{cmd} exited {res.returncode}:\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}"
+    return res.stdout
 
 
 @pytest.mark.slow
