@@ -45,7 +45,9 @@ def erase(request: dict | None = None, params_path: str = "params.yaml") -> dict
     from clip_unlearn import storage
     from clip_unlearn.erasure.steps import Job
 
-    result = storage.get_json(params.storage, Job(params, req, None).evidence_key("result.json"))
+    job = Job(params, req, None)
+    result = storage.get_json(params.storage, job.evidence_key("result.json"))
+    summary["failed_checks"] = storage.get_json(params.storage, job.evidence_key("verification.json"))["failed"]
     summary["table"] = format_table(result["before"], result["after"])
     create_markdown_artifact(key=f"erasure-{req.id}".lower().replace("_", "-").replace(".", "-"),
                              markdown=f"verdict **{summary['verdict']}**, {req.model} v{summary['version']}\n\n"

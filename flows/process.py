@@ -50,7 +50,8 @@ def process_one(store: RequestStore, rid: str, params_path: str, ttl: float, max
     state = "done" if out["verdict"] == "passed" else "failed"
     detail = {"version": out["version"], "certificate": out["certificate"], "promoted": out["promoted"]}
     if state == "failed":
-        detail["reason"] = f"verification failed; v{out['version']} stays a candidate (see the certificate)"
+        detail["reason"] = (f"verification failed ({'; '.join(out['failed_checks'])}); "
+                            f"v{out['version']} stays a candidate")
     if not claim.finish(state, **detail):
         log.warning("request %s: finished, but another worker had taken it over", rid)
     return {"id": rid, "state": state, **detail}

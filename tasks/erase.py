@@ -6,6 +6,8 @@ or clients. Steps that talk to S3 or MLflow retry with backoff; the synthetic se
 
 from __future__ import annotations
 
+import uuid
+
 from prefect import get_run_logger, task
 
 from clip_unlearn.config import Params
@@ -46,11 +48,11 @@ def prepare_data(params: Params, request: ErasureRequest) -> str:
 
 
 def _synthetic_cache_key(ctx, args: dict) -> str:
-    # The step's own folder cache keys on the same things; Prefect skips the task run entirely.
-    # The key says whether the folder still exists, so a deleted set is made again.
+    # Cached only while the folder it made exists (in this checkout): a missing folder gets a
+    # fresh key, so the task runs and the step makes the set again.
     job = steps.Job(args["params"], args["request"], None)
-    key = steps.synthetic_key(job, args["base_sha"])
-    return f"synthetic-{key}-{(steps.synthetic_dir(job, args['base_sha']) / 'summary.json').is_file()}"
+    folder = steps.synthetic_dir(job, args["base_sha"]).resolve()
+    return f"synthetic-{folder}" if (folder / "summary.json").is_file() else f"synthetic-{uuid.uuid4()}"
 
 
 @task(name="synthesize", cache_key_fn=_synthetic_cache_key, refresh_cache=None)

@@ -122,12 +122,14 @@ def stack(weed_server, tmp_path_factory):
     from clip_unlearn import storage
 
     storage.ensure_bucket(storage.StorageConfig(bucket=STACK_BUCKET))
-    proc, url = start_mlflow(tmp_path_factory.mktemp("mlflow"), weed_server, STACK_BUCKET)
+    root = tmp_path_factory.mktemp("mlflow")
+    proc, url = start_mlflow(root, weed_server, STACK_BUCKET)
     os.environ["MLFLOW_TRACKING_URI"] = url
+    facts = {**weed_server, "mlflow": url, "bucket": STACK_BUCKET, "mlflow_proc": proc, "mlflow_root": root}
     try:
-        yield {**weed_server, "mlflow": url, "bucket": STACK_BUCKET, "mlflow_proc": proc}
+        yield facts
     finally:
-        stop(proc)
+        stop(facts["mlflow_proc"])   # a test may have restarted it
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)

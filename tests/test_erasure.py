@@ -106,7 +106,7 @@ def test_requests_are_processed_once_and_ids_never_reused(env, prefect_harness):
         store.submit(request(env, "a", classes=["three"]))
     store.submit(request(env, "b", thresholds=STRICT))
     out = {r["id"]: r for r in process_requests(params_path=env["path"])}
-    assert out["a"]["state"] == "done" and out["b"]["state"] == "failed" and "verification" in out["b"]["reason"]
+    assert out["a"]["state"] == "done" and out["b"]["state"] == "failed" and "forget_drop = " in out["b"]["reason"]
     assert process_requests(params_path=env["path"]) == []   # nothing left, nothing redone
     for rid in ("a", "b"):
         assert len(reg.find(env["client"], env["name"], request_id=rid)) == 1
@@ -126,6 +126,8 @@ def test_crash_between_register_and_promote_resumes_consistently(env, prefect_ha
     assert summary["resumed"] and summary["version"] == registered["version"] and summary["promoted"]
     assert len(reg.find(env["client"], env["name"], request_id="crash")) == 1
     assert reg.aliases(env["client"], env["name"])["champion"] == registered["version"]
+    with pytest.raises(ConfigError, match="already used for a different erasure"):
+        erase(request=request(env, "crash", classes=["three"]).model_dump(), params_path=env["path"])
 
 
 def test_corrupted_weights_in_s3_are_refused(env, prefect_harness):
@@ -171,6 +173,14 @@ def test_bad_requests_say_what_is_wrong(env):
     with pytest.raises(ConfigError, match="did you mean 'seven'"):
         request(env, classes=["sevn"]).forget_request().check(
             ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"], {})
+    with pytest.raises(ConfigError, match="classes"):
+        parse_request(request(env).model_dump() | {"classes": []})
+    with pytest.raises(ConfigError, match="forgetting every class"):
+        request(env, classes=["a", "b"]).forget_request().check(["a", "b"], {})
+    with pytest.raises(ConfigError, match="requester"):
+        parse_request({k: v for k, v in request(env).model_dump().items() if k != "requester"})
+    with pytest.raises(reg.RegistryError, match=r"no version '7' \(aliases: champion->v1; versions: 1\)"):
+        reg.resolve(env["client"], env["name"], "7")
     with pytest.raises(reg.RegistryError, match=r"no alias 'gold' \(aliases: champion->v1"):
         reg.resolve(env["client"], env["name"], "gold")
     with pytest.raises(reg.RegistryError, match="no registered model 'nope'"):
@@ -237,3 +247,24 @@ def test_cli_submit_refuses_unknown_names_and_s3_down_loses_nothing(env, stack, 
         assert "127.0.0.1" in res.output and stack["secret"] not in res.output and stack["key"] not in res.output
     assert runner.invoke(app, ["submit", str(good), "-p", env["path"]]).exit_code == 0
     assert store.state("s3down")["state"] == "pending"
+
+
+@pytest.mark.slow
+def test_mlflow_stopped_mid_queue_then_restarted(env, stack, prefect_harness):
+    """The tracking server really stops (its process is killed): the request is recorded as
+    retry, nothing is registered; after a restart on the same port and database it completes."""
+    from flows.process import process_requests
+    from servers import start_mlflow, stop
+
+    store = RequestStore(env["params"].storage)
+    store.submit(request(env, "outage"))
+    stop(stack["mlflow_proc"])
+    try:
+        (out,) = process_requests(params_path=env["path"])
+        assert out["state"] == "retry" and store.state("outage")["state"] == "retry"
+    finally:
+        port = int(stack["mlflow"].rsplit(":", 1)[1])
+        stack["mlflow_proc"], _ = start_mlflow(stack["mlflow_root"], stack, stack["bucket"], port=port)
+    (out,) = process_requests(params_path=env["path"])
+    assert out["state"] == "done"
+    assert len(reg.find(reg.client(env["params"].registry), env["name"], request_id="outage")) == 1

@@ -101,7 +101,7 @@ def bootstrap(params: str = PARAMS, force_train: bool = typer.Option(False, help
             info = register_base(p, out["model_dir"], metrics=out["results"])
         except _erasure_errors() as e:
             raise _fail(e)
-        typer.echo(f"\nregistered {info['name']} v{info['version']}; aliases {info['aliases']}")
+        typer.echo(f"\nbase model in the registry: {info['name']} v{info['version']}; aliases {info['aliases']}")
 
 
 @app.command()
@@ -275,6 +275,8 @@ def _print_erasure(out: dict) -> None:
     typer.echo(out["table"])
     colour = "green" if out["verdict"] == "passed" else "red"
     typer.secho(f"\nverdict: {out['verdict'].upper()}", fg=colour, bold=True)
+    for reason in out.get("failed_checks", []):
+        typer.secho(f"  failed: {reason}", fg="red")
     typer.echo(f"registered: {out['model']} v{out['version']} "
                f"({'promoted to champion' if out['promoted'] else 'candidate, not promoted'})")
     typer.echo(f"certificate: {out['certificate_local']}\n             {out['certificate_html']}")

@@ -273,6 +273,13 @@ def resume(job: Job) -> tuple[dict, dict] | None:
     if not found:
         return None
     mv = found[0]
+    done_as = (mv.tags.get("forgotten"), mv.tags.get("method"))
+    if done_as != (req.forget_request().describe(), req.method):
+        from clip_unlearn.schema import ConfigError
+
+        raise ConfigError(f"request id {req.id!r} was already used for a different erasure ({req.model} "
+                          f"v{mv.version}: {done_as[1]} on {done_as[0]}); give this one a new id "
+                          "(--id, or erase.request_id in params.yaml)")
     base_mv = c.get_model_version(req.model, mv.tags["base_version"])
     base = {"name": req.model, "version": base_mv.version, "source": base_mv.source,
             "sha256": base_mv.tags.get("weights_sha256"), "forgotten": base_mv.tags.get("forgotten_all", "")}
