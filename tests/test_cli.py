@@ -40,3 +40,14 @@ def test_bad_params_file_exits_2(tmp_path):
     params.write_text("bootstrap: {stepz: 1}\n")
     out = runner.invoke(app, ["data", "-p", str(params)])
     assert out.exit_code == 2 and "bootstrap.stepz: unknown key" in out.output
+
+
+def test_progress_bars_only_at_a_terminal(monkeypatch):
+    from clip_unlearn import progress
+
+    monkeypatch.setattr(progress.sys.stderr, "isatty", lambda: False, raising=False)
+    assert not progress.enabled() and list(progress.track(range(3), "x")) == [0, 1, 2]
+    monkeypatch.setattr(progress.sys.stderr, "isatty", lambda: True, raising=False)
+    assert progress.enabled() and list(progress.track(iter(range(3)), "x", total=3)) == [0, 1, 2]
+    monkeypatch.setenv("CLIP_UNLEARN_PROGRESS", "0")
+    assert not progress.enabled()

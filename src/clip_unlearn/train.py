@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from clip_unlearn.clip_ops import encode_image, encode_text, fast_cpu_attention, to_model_input
 from clip_unlearn.config import BootstrapConfig
 from clip_unlearn.models import ClipBundle, load_model, resolve_device
+from clip_unlearn.progress import track
 from clip_unlearn.templates import caption
 
 
@@ -113,7 +114,7 @@ def train_reference(train_sets: list, cfg: BootstrapConfig, arch: str = "clip-re
     history: list[dict] = []
     t0 = time.perf_counter()
     with attention:
-        for step in range(cfg.steps):
+        for step in track(range(cfg.steps), "training"):
             images, texts = [], []
             for sampler, n in zip(samplers, share):
                 idx = sampler.draw(n)

@@ -43,6 +43,7 @@ from pydantic import Field
 
 from clip_unlearn.clip_ops import encode_images, encode_text, fast_cpu_attention, to_model_input
 from clip_unlearn.models import ClipBundle
+from clip_unlearn.progress import track
 from clip_unlearn.schema import Section
 from clip_unlearn.templates import zero_shot_templates
 from clip_unlearn.unlearning.context import UnlearnContext
@@ -163,7 +164,7 @@ def relearn_check(bundle: ClipBundle, request: ForgetRequest, data_root: str, cf
     with torch.random.fork_rng(devices=[]), fast_cpu_attention(dev):
         torch.manual_seed(cfg.seed)  # any dropout / stochastic layer, without touching the caller's RNG
         opt = torch.optim.AdamW(params, lr=cfg.relearn_lr)
-        for step in range(1, cfg.relearn_steps + 1):
+        for step in track(range(1, cfg.relearn_steps + 1), "assurance: relearning"):
             model.train()
             x_u8, y = retain.draw(cfg.relearn_batch_size)
             w = frozen_w if frozen_w is not None else _text_vectors(model, tokens, len(classes))

@@ -31,6 +31,7 @@ from pydantic import Field, model_validator
 
 from clip_unlearn.clip_ops import encode_image, encode_images, encode_texts, fast_cpu_attention, to_model_input
 from clip_unlearn.models import ClipBundle
+from clip_unlearn.progress import track
 from clip_unlearn.schema import Section
 from clip_unlearn.templates import subgroup_phrase, zero_shot_templates
 from clip_unlearn.unlearning.context import UnlearnContext
@@ -297,7 +298,7 @@ def subgroup(bundle: ClipBundle, ctx: UnlearnContext, cfg: SubgroupConfig) -> di
         opt = torch.optim.Adam(params, lr=cfg.remind_lr, weight_decay=cfg.weight_decay)
         teacher = ctx.original.model
         t = cfg.distill_temperature
-        for _ in range(cfg.remind_steps):
+        for _ in track(range(cfg.remind_steps), "subgroup: remind"):
             x_u8, y = retain.draw(cfg.remind_batch_size)
             x = to_model_input(bundle, x_u8)
             logits, img = zs_logits(bundle, x, w)
