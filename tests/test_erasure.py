@@ -268,3 +268,26 @@ def test_mlflow_stopped_mid_queue_then_restarted(env, stack, prefect_harness):
     (out,) = process_requests(params_path=env["path"])
     assert out["state"] == "done"
     assert len(reg.find(reg.client(env["params"].registry), env["name"], request_id="outage")) == 1
+
+
+@pytest.mark.slow
+def test_synthetic_sets_are_stored_in_s3_and_reused(env, reference_params):
+    """On the trained reference model (a random one cannot be inverted into confident images)."""
+    import shutil
+
+    p = env["params"].model_copy(update={"data": reference_params.data})
+    name = f"syn-{uuid.uuid4().hex[:6]}"
+    steps.register_base(p, reference_params.model.dir, name, log=lambda s: None)
+    methods = dict(p.methods)
+    methods["lipschitz"] = methods["lipschitz"].model_copy(update={"synthesis": methods["lipschitz"].synthesis.model_copy(
+        update={"per_class": 4, "batch_size": 8})})
+    job = steps.Job.create(p.model_copy(update={"methods": methods}),
+                           request(env, "syn", method="lipschitz", model=name), log=lambda s: None)
+    base = steps.fetch_base(job)
+    made = Path(steps.synthesize(job, base["model_dir"], base["sha256"]))
+    key = f"synthetic/{made.name}"
+    assert storage.exists(p.storage, f"{key}/synthetic.safetensors")
+    first = (made / "synthetic.safetensors").read_bytes()
+    shutil.rmtree(made)                        # another worker, another disk: fetched, not remade
+    again = Path(steps.synthesize(job, base["model_dir"], base["sha256"]))
+    assert again == made and (again / "synthetic.safetensors").read_bytes() == first

@@ -106,7 +106,8 @@ def uses_synthetic(method: str, params: Params) -> bool:
 
 def synthesize(job: Job, base_dir: str, base_sha: str) -> str | None:
     """Synthetic forget images by model inversion, for the methods that train on them. Kept in
-    <workdir>/synthetic/<key> (key: base weights + classes + config) and reused while it exists."""
+    <workdir>/synthetic/<key> and in S3 under synthetic/<key> (key: base weights + classes +
+    config), and reused from either."""
     from clip_unlearn.models import load_model
     from clip_unlearn.unlearning.context import UnlearnContext
     from clip_unlearn.unlearning.synthesize import save_synthetic
@@ -116,14 +117,21 @@ def synthesize(job: Job, base_dir: str, base_sha: str) -> str | None:
     if not uses_synthetic(req.method, p):
         return None
     out = synthetic_dir(job, base_sha)
+    key = storage.safe_key("synthetic", out.name)
     if (out / "summary.json").is_file():
         job.log(f"reusing the synthetic set in {out}")
+        return str(out)
+    if storage.exists(job.storage, f"{key}/summary.json"):
+        storage.download_dir(job.storage, key, out)
+        job.log(f"reusing the synthetic set {storage.uri(job.storage, key)}")
         return str(out)
     bundle = load_model(base_dir, device=p.bootstrap.device)
     ctx = UnlearnContext(req.forget_request(), p.data.root, data_free=True)
     syn = make(bundle, ctx.classes, ctx.forget_labels, req.dataset, p.methods[req.method].synthesis,
                seed=p.benchmark.seed, log=job.log)
-    return str(save_synthetic(syn, out, bundle.mean, bundle.std))
+    save_synthetic(syn, out, bundle.mean, bundle.std)
+    storage.upload_dir(job.storage, out, key)   # kept with the other artifacts, reused by any worker
+    return str(out)
 
 
 def unlearn(job: Job, base_dir: str, synthetic_dir: str | None) -> dict:
