@@ -415,7 +415,8 @@ def models_promote(version: str, reason: str = typer.Option(..., help="why (reco
             typer.secho(f"{name} v{mv.version} has verdict {verdict!r}: not promoting without evidence "
                         "(--force records an override)", fg="red", err=True)
             raise typer.Exit(1)
-        rec = registry.move_alias(c, p.storage, name, "champion", mv.version, why=reason)
+        why = reason if verdict in ("passed", "base") else f"{reason} [forced: verdict {verdict}]"
+        rec = registry.move_alias(c, p.storage, name, "champion", mv.version, why=why)
     except typer.Exit:
         raise
     except Exception as e:  # noqa: BLE001
