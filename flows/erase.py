@@ -15,7 +15,6 @@ import clip_unlearn  # noqa: F401  (telemetry off, torchvision patched)
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from clip_unlearn.certificate import format_table
 from clip_unlearn.config import load_params
 from clip_unlearn.erasure.requests import parse_request
 from tasks import erase as t
@@ -42,13 +41,7 @@ def erase(request: dict | None = None, params_path: str = "params.yaml") -> dict
                "base_version": base["version"], "verdict": registered["verdict"],
                "promoted": promoted["promoted"], "certificate": cert["uri"], "certificate_html": cert["html"],
                "certificate_local": cert["local"], "resumed": bool(resumed)}
-    from clip_unlearn import storage
-    from clip_unlearn.erasure.steps import Job
-
-    job = Job(params, req, None)
-    result = storage.get_json(params.storage, job.evidence_key("result.json"))
-    summary["failed_checks"] = storage.get_json(params.storage, job.evidence_key("verification.json"))["failed"]
-    summary["table"] = format_table(result["before"], result["after"])
+    summary["failed_checks"], summary["table"] = cert["failed"], cert["table"]
     create_markdown_artifact(key=f"erasure-{req.id}".lower().replace("_", "-").replace(".", "-"),
                              markdown=f"verdict **{summary['verdict']}**, {req.model} v{summary['version']}\n\n"
                                       f"```\n{summary['table']}\n```\ncertificate: {cert['html']}",

@@ -21,7 +21,7 @@ from clip_unlearn.config import load_params
 from clip_unlearn.erasure.eventlog import Lease, LeaseLost
 from clip_unlearn.erasure.requests import RequestStore
 from clip_unlearn.erasure.steps import is_transient
-from clip_unlearn.storage import _scrub, safe_key
+from clip_unlearn.storage import scrub, safe_key
 from flows.erase import erase
 
 
@@ -42,7 +42,7 @@ def process_one(store: RequestStore, rid: str, params_path: str, ttl: float, max
     try:
         out = erase(request=req.model_dump(), params_path=params_path)
     except Exception as e:  # noqa: BLE001  (every outcome is recorded on the request)
-        reason = _scrub(f"{type(e).__name__}: {e}")[:2000]
+        reason = scrub(f"{type(e).__name__}: {e}")[:2000]
         state = "retry" if is_transient(e) else "failed"
         log.warning("request %s: %s (%s)", rid, state, reason)
         claim.finish(state, reason=reason)

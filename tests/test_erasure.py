@@ -78,6 +78,15 @@ def test_erase_registers_verifies_promotes_with_evidence(env, prefect_harness, s
     assert stack["secret"] not in blob and stack["key"] not in blob
     moves = [r for r in reg.audit_log(env["params"].storage, name) if r["alias"] == "champion"]
     assert [(m["from"], m["to"]) for m in moves] == [(None, "1"), ("1", "2")] and all(m["who"] for m in moves)
+    from typer.testing import CliRunner
+
+    from clip_unlearn.cli import app
+
+    res = CliRunner().invoke(app, ["models", "rollback", "--reason", "audit", "--model", name, "-p", env["path"]])
+    assert res.exit_code == 0 and "v2 -> v1 (rollback)" in res.output
+    assert reg.aliases(c, name)["champion"] == "1"
+    res = CliRunner().invoke(app, ["models", "history", name, "-p", env["path"]])
+    assert "champion   v2 -> v1  rollback: audit" in res.output
 
 
 def test_failed_verification_is_registered_but_never_promoted(env, prefect_harness):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from typing import Optional
 
 import typer
@@ -40,10 +41,21 @@ def _params(path: str):
 def _fail(e: Exception) -> typer.Exit:
     """Print a user-facing error (credentials scrubbed) and pick the exit code."""
     from clip_unlearn.erasure.steps import is_transient
-    from clip_unlearn.storage import _scrub
+    from clip_unlearn.storage import scrub
 
-    typer.secho(_scrub(f"error: {e}"), fg="red", err=True)
+    typer.secho(scrub(f"error: {e}"), fg="red", err=True)
     return typer.Exit(3 if is_transient(e) else 2)
+
+
+@contextmanager
+def _exit_on_error():
+    """Any error (a registry or S3 failure, a bad name) as a message and an exit code."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise _fail(e)
 
 
 def _erasure_errors():
@@ -384,14 +396,12 @@ def models_list(model: Optional[str] = typer.Argument(None), params: str = PARAM
 
     p, c = _registry(params)
     name = model or p.registry.model_name
-    try:
+    with _exit_on_error():
         rows = [registry.describe(v) for v in registry.versions(c, name)]
         for a, v in registry.aliases(c, name).items():
             for r in rows:
                 if r["version"] == v:
                     r["aliases"] = ",".join(sorted(set(filter(None, r["aliases"].split(",") + [a]))))
-    except Exception as e:  # noqa: BLE001
-        raise _fail(e)
     typer.echo(f"{name}")
     typer.echo(f"{'ver':>4} {'aliases':<20} {'verdict':<8} {'base':>4} {'method':<12} {'request':<28} forgotten")
     for r in rows:
@@ -408,7 +418,7 @@ def models_promote(version: str, reason: str = typer.Option(..., help="why (reco
 
     p, c = _registry(params)
     name = model or p.registry.model_name
-    try:
+    with _exit_on_error():
         mv = registry.resolve(c, name, version)
         verdict = (mv.tags or {}).get("verdict")
         if verdict not in ("passed", "base") and not force:
@@ -417,10 +427,6 @@ def models_promote(version: str, reason: str = typer.Option(..., help="why (reco
             raise typer.Exit(1)
         why = reason if verdict in ("passed", "base") else f"{reason} [forced: verdict {verdict}]"
         rec = registry.move_alias(c, p.storage, name, "champion", mv.version, why=why)
-    except typer.Exit:
-        raise
-    except Exception as e:  # noqa: BLE001
-        raise _fail(e)
     typer.echo(f"{name}@champion: v{rec['from']} -> v{rec['to']} ({rec['who']}, {rec['when']})")
 
 
@@ -432,7 +438,7 @@ def models_rollback(reason: str = typer.Option(..., help="why (recorded in the a
 
     p, c = _registry(params)
     name = model or p.registry.model_name
-    try:
+    with _exit_on_error():
         moves = [r for r in registry.audit_log(p.storage, name) if r["alias"] == "champion"]
         current = registry.aliases(c, name).get("champion")
         prev = next((r["from"] for r in reversed(moves) if r["to"] == current and r["from"]), None)
@@ -440,10 +446,6 @@ def models_rollback(reason: str = typer.Option(..., help="why (recorded in the a
             typer.secho(f"{name}: champion v{current} has no earlier champion to roll back to", fg="red", err=True)
             raise typer.Exit(1)
         rec = registry.move_alias(c, p.storage, name, "champion", prev, why=f"rollback: {reason}", expect=current)
-    except typer.Exit:
-        raise
-    except Exception as e:  # noqa: BLE001
-        raise _fail(e)
     typer.echo(f"{name}@champion: v{rec['from']} -> v{rec['to']} (rollback)")
 
 

@@ -48,7 +48,7 @@ class StorageError(RuntimeError):
     `code` is the S3 error code when the server sent one (e.g. "NoSuchBucket")."""
 
     def __init__(self, message: str, code: str | None = None):
-        super().__init__(_scrub(message))
+        super().__init__(scrub(message))
         self.code = code
 
 
@@ -196,7 +196,8 @@ def _secrets() -> list[str]:
             if len(v := os.environ.get(k, "")) >= 4]
 
 
-def _scrub(text: str) -> str:
+def scrub(text: str) -> str:
+    """The text with any credential from the environment replaced (for errors, logs, reasons)."""
     for s in _secrets():
         text = text.replace(s, "***")
     return text
@@ -491,5 +492,5 @@ def put_if_absent(cfg: StorageConfig, key: str, body: bytes | str, *, content_ty
 __all__ = [
     "ObjectNotFound", "StorageConfig", "StorageError", "download_dir", "ensure_bucket", "exists",
     "full_key", "get_bytes", "get_file", "get_json", "list_keys", "put_bytes", "put_file",
-    "put_if_absent", "put_json", "s3_client", "safe_key", "upload_dir", "uri",
+    "put_if_absent", "put_json", "s3_client", "safe_key", "scrub", "upload_dir", "uri",
 ]

@@ -16,7 +16,6 @@ import os
 import socket
 import time
 import uuid
-from contextlib import contextmanager
 from datetime import datetime, timezone
 
 from clip_unlearn import storage
@@ -70,8 +69,10 @@ class LeaseLost(RuntimeError):
 class Lease:
     """A lease on a name (e.g. one registered model), held by one worker until released or expired.
 
-        with Lease(cfg, "locks/models/clip-ref", ttl=900).hold(wait=600):
-            ...   # only one worker in here for this model, on any machine
+        lease = Lease(cfg, "locks/models/clip-ref", ttl=900)
+        lease.acquire(wait=600)     # TimeoutError if another worker keeps it
+        ...                         # only one worker in here for this model, on any machine
+        lease.renew(); lease.release()
     """
 
     def __init__(self, cfg: StorageConfig, prefix: str, ttl: float = 900, client=None):
@@ -103,11 +104,3 @@ class Lease:
     def release(self) -> None:
         if self.log.append(self.seq, {"state": "released"}):
             self.seq += 1
-
-    @contextmanager
-    def hold(self, wait: float = 0):
-        self.acquire(wait)
-        try:
-            yield self
-        finally:
-            self.release()

@@ -13,7 +13,6 @@ appended to `registry-audit/<name>/` in S3 (who, when, from, to, why) and tagged
 from __future__ import annotations
 
 import getpass
-import json
 import os
 import socket
 import time
@@ -180,6 +179,3 @@ def describe(mv) -> dict:
             "method": t.get("method", ""), "forgotten": t.get("forgotten", ""), "base": t.get("base_version", ""),
             "aliases": ",".join(mv.aliases or []), "sha256": t.get("weights_sha256", "")[:12]}
 
-
-def as_json(obj) -> str:
-    return json.dumps(obj, indent=1, sort_keys=True, default=str)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pydantic import Field, field_validator
 
 from clip_unlearn import storage
-from clip_unlearn.erasure.eventlog import EventLog, LeaseLost, utcnow
+from clip_unlearn.erasure.eventlog import EventLog, utcnow
 from clip_unlearn.erasure.verify import Thresholds
 from clip_unlearn.schema import ConfigError, Section, validate
 from clip_unlearn.storage import ObjectNotFound, StorageConfig
@@ -102,12 +102,6 @@ class Claim:
     seq: int
     attempt: int
     ttl: float
-
-    def heartbeat(self, step: str) -> None:
-        if not self.store._log(self.id).append(self.seq, {"state": "running", "attempt": self.attempt,
-                                                          "until": time.time() + self.ttl, "step": step}):
-            raise LeaseLost(f"request {self.id}: another worker took it over (our lease expired)")
-        self.seq += 1
 
     def finish(self, state: str, **detail) -> bool:
         """Record the outcome: done / failed (final) or retry (picked up again later)."""

@@ -229,7 +229,7 @@ def register(job: Job, base: dict, unlearned: dict, verification: dict) -> dict:
 
 def certify(job: Job, base: dict, registered: dict) -> dict:
     """The erasure certificate: JSON + HTML + per-class PNG, to S3 and to the version's MLflow run."""
-    from clip_unlearn.certificate import write_certificate
+    from clip_unlearn.certificate import format_table, write_certificate
 
     c, req = job.client(), job.request
     mv = c.get_model_version(req.model, registered["version"])
@@ -252,7 +252,8 @@ def certify(job: Job, base: dict, registered: dict) -> dict:
     uri = storage.uri(job.storage, f"{prefix}/certificate.json")
     c.set_model_version_tag(req.model, mv.version, "certificate", uri)
     return {"uri": uri, "html": storage.uri(job.storage, f"{prefix}/certificate.html"),
-            "local": str(files["html"]), "verdict": ver["verdict"]}
+            "local": str(files["html"]), "verdict": ver["verdict"], "failed": ver["failed"],
+            "table": format_table(result["before"], result["after"])}
 
 
 def promote(job: Job, base: dict, registered: dict) -> dict:
