@@ -32,8 +32,8 @@ def erase(request: dict | None = None, params_path: str = "params.yaml") -> dict
         base = t.fetch_base(params, req)
         t.prepare_data(params, req)
         syn = t.synthesize(params, req, base["model_dir"], base["sha256"])
-        out = t.unlearn(params, req, base["model_dir"], syn)
-        ver = t.verify(params, req, base["model_dir"], out["model_dir"], out["result"])
+        out = t.unlearn(params, req, base["model_dir"], syn, base["lineage"])
+        ver = t.verify(params, req, base["model_dir"], out["model_dir"], out["result"], base["lineage"])
         registered = t.register(params, req, base, out, ver)
     cert = t.certify(params, req, base, registered)
     promoted = t.promote(params, req, base, registered)
@@ -42,6 +42,7 @@ def erase(request: dict | None = None, params_path: str = "params.yaml") -> dict
                "promoted": promoted["promoted"], "certificate": cert["uri"], "certificate_html": cert["html"],
                "certificate_local": cert["local"], "resumed": bool(resumed)}
     summary["failed_checks"], summary["table"] = cert["failed"], cert["table"]
+    summary |= {k: cert.get(k) for k in ("method", "attempts", "lineage")}
     create_markdown_artifact(key=f"erasure-{req.id}".lower().replace("_", "-").replace(".", "-"),
                              markdown=f"verdict **{summary['verdict']}**, {req.model} v{summary['version']}\n\n"
                                       f"```\n{summary['table']}\n```\ncertificate: {cert['html']}",

@@ -8,6 +8,9 @@
 #   bash infra/stack.sh stop       # stop everything this script started
 #   bash infra/stack.sh env        # export lines: eval "$(bash infra/stack.sh env)"
 #
+# `start` also creates the certificate signing key, $STACK_DIR/signing/ed25519.pem (Ed25519, mode
+# 600, kept across restarts), and `env` exports CLIP_UNLEARN_SIGNING_KEY pointing at it.
+#
 # Settings (environment; read by `start`, remembered in $STACK_DIR/stack.env for the others):
 #   CLIP_UNLEARN_STACK_DIR      state folder (default: <repo>/.stack)
 #   CLIP_UNLEARN_S3_PORT        S3 API port (8333); SeaweedFS also uses S3_PORT+1..+4 and the
@@ -227,9 +230,18 @@ AWS_ENDPOINT_URL=$S3_URL
 AWS_ENDPOINT_URL_S3=$S3_URL
 MLFLOW_S3_ENDPOINT_URL=$S3_URL
 CLIP_UNLEARN_BUCKET=$BUCKET
+CLIP_UNLEARN_SIGNING_KEY=$STACK_DIR/signing/ed25519.pem
 EOF
   chmod 600 "$tmp"
   mv -f "$tmp" "$CREDS"
+}
+
+ensure_signing_key() {  # the Ed25519 key that signs certificates (its path is exported, never its content)
+  local key=$STACK_DIR/signing/ed25519.pem
+  [ -f "$key" ] && return 0
+  python3 -c 'import sys; from clip_unlearn.signing import generate_key; generate_key(sys.argv[1])' "$key" \
+    || die "could not create the signing key $key"
+  say "generated the certificate signing key $key"
 }
 
 export_credentials() {  # the S3 environment every service gets (never on a command line)
@@ -340,6 +352,7 @@ cmd_start() {
   [ -f "$STACK_DIR/.gitignore" ] || echo '*' >"$STACK_DIR/.gitignore"   # state never lands in git
   load_settings start
   save_settings
+  ensure_signing_key
   write_credentials
   export_credentials
   # Check every port of what is not running before starting anything.

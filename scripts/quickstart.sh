@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on the embedded defaults, from a fresh clone:
-#   set up .venv -> start the local stack (S3, MLflow, Prefect, worker; loopback) -> bootstrap the
-#   reference CLIP if needed and register it as clip-ref's champion -> erase the default class
+#   set up .venv -> start the local stack (S3, MLflow, Prefect, worker; loopback) -> the data and
+#   the reference CLIP as DVC's outputs (`dvc repro evaluate`: built and trained only if dvc.lock
+#   says they are not current) -> register it as clip-ref's champion -> erase the default class
 #   (params.yaml forget:) -> verify -> register the new version -> promote it if it passed ->
 #   print the before/after table, the version and the certificate's path.
 # Run it again: every step is skipped or resumed, nothing is registered twice.
@@ -9,7 +10,8 @@ set -euo pipefail
 source "$(dirname "$0")/env.sh"
 bash infra/stack.sh start
 eval "$(bash infra/stack.sh env)"
-unlearn bootstrap --register "$@"
+dvc repro evaluate
+unlearn bootstrap --register "$@"   # the model is current now: the zero-shot table, then the registry
 status=0
 unlearn erase || status=$?
 unlearn models list

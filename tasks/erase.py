@@ -15,7 +15,6 @@ from clip_unlearn.erasure import steps
 from clip_unlearn.erasure.requests import ErasureRequest
 
 
-
 def _transient(task, task_run, state) -> bool:
     try:
         state.result()
@@ -61,13 +60,15 @@ def synthesize(params: Params, request: ErasureRequest, base_dir: str, base_sha:
 
 
 @task(name="unlearn")
-def unlearn(params: Params, request: ErasureRequest, base_dir: str, synthetic_dir: str | None) -> dict:
-    return steps.unlearn(_job(params, request), base_dir, synthetic_dir)
+def unlearn(params: Params, request: ErasureRequest, base_dir: str, synthetic_dir: str | None,
+            lineage: list[dict] = ()) -> dict:
+    return steps.unlearn(_job(params, request), base_dir, synthetic_dir, lineage)
 
 
 @task(name="verify")
-def verify(params: Params, request: ErasureRequest, base_dir: str, model_dir: str, result: str) -> dict:
-    return steps.verify(_job(params, request), base_dir, model_dir, result)
+def verify(params: Params, request: ErasureRequest, base_dir: str, model_dir: str, result: str,
+           lineage: list[dict] = ()) -> dict:
+    return steps.verify(_job(params, request), base_dir, model_dir, result, lineage)
 
 
 @task(name="register", **IO_RETRIES)

@@ -300,3 +300,33 @@ def test_synthetic_sets_are_stored_in_s3_and_reused(env, reference_params):
     shutil.rmtree(made)                        # another worker, another disk: fetched, not remade
     again = Path(steps.synthesize(job, base["model_dir"], base["sha256"]))
     assert again == made and (again / "synthetic.safetensors").read_bytes() == first
+
+
+def test_a_second_erasure_keeps_the_lineage_and_rechecks_it(env, prefect_harness):
+    """v2 forgets seven; v3 (three, from v2) records both, re-checks seven against seven's own limit,
+    and its certificate shows it. An earlier erasure that regresses fails the version, named."""
+    from flows.erase import erase
+
+    c, name = env["client"], env["name"]
+    first = erase(request=request(env, "gdpr-1", method="text_edit", thresholds={"forget_max": 1.0}).model_dump(),
+                  params_path=env["path"])
+    assert first["version"] == "2" and first["method"]["kind"] == "data-free"
+    second = erase(request=request(env, "gdpr-2", classes=["three"], base="2").model_dump(), params_path=env["path"])
+    lineage = json.loads(c.get_model_version(name, second["version"]).tags["lineage"])
+    assert [(e["request_id"], e["forgotten"], e["limit"]) for e in lineage] == \
+        [("gdpr-1", "digits:seven", 1.0), ("gdpr-2", "digits:three", None)]
+    assert [e["version"] for e in steps.lineage_of(c.get_model_version(name, second["version"]))] == \
+        ["2", second["version"]]
+    job = steps.Job.create(env["params"], request(env, "gdpr-2", classes=["three"], base="2"))
+    ver = json.loads((job.dir / "verification.json").read_text())
+    assert [ch["name"] for ch in ver["checks"] if ch["name"].startswith("lineage:")] == ["lineage:gdpr-1"]
+    cert = json.loads((Path(second["certificate_local"]).parent / "certificate.json").read_text())
+    assert [(e["request_id"], e["version"]) for e in cert["lineage"]] == [("gdpr-1", "2")]
+    assert cert["lineage"][0]["value"] is not None
+    # A regressed earlier erasure (its limit below what the new version scores) fails, named.
+    result = json.loads((job.dir / "result.json").read_text())
+    forgotten, value = max(result["after"]["per_class"].items(), key=lambda kv: kv[1])
+    assert value > 0
+    strict = [{"request_id": "old-7", "forgotten": f"digits:{forgotten}", "limit": 0.0, "version": "1"}]
+    out = steps.verify(job, str(job.dir / "base"), str(job.dir / "model"), str(job.dir / "result.json"), strict)
+    assert out["verdict"] == "failed" and any("old-7" in r for r in out["failed"])

@@ -9,7 +9,7 @@
     unlearn process              # process the pending requests (what the schedule runs)
     unlearn serve                # the scheduled deployment on the Prefect server
     unlearn models list|promote|rollback|history|register
-    unlearn report REQUEST_ID    # the certificate of a request
+    unlearn report REQUEST_ID    # the certificate of a request (--verify: signature, hashes)
 Exit codes: 0 ok, 1 verification failed / request failed, 2 bad input, 3 a server unreachable.
 """
 
@@ -147,7 +147,9 @@ def forget(params: str = PARAMS,
     try:
         bundle = load_model(model or p.model.dir, device=p.bootstrap.device)
         others = [d for d in p.data.datasets if d != request.dataset]
-        result = run_method(bundle, request, name, p.methods.get(name), p.data.root, others, seed=p.benchmark.seed)
+        result = run_method(bundle, request, name, p.methods.get(name), p.data.root, others, seed=p.benchmark.seed,
+                            configs=p.methods, thresholds=p.verify.model_dump(),
+                            assurance=p.assurance)
     except ConfigError as e:
         typer.secho(str(e), fg="red", err=True)
         raise typer.Exit(2)
@@ -190,13 +192,15 @@ def synthesize(params: str = PARAMS,
 
 
 @app.command()
-def benchmark(params: str = PARAMS):
+def benchmark(params: str = PARAMS,
+              holdout: bool = typer.Option(True, help="also run the hold-out block (benchmark.holdout)")):
     """Run every method (and the oracle) on the benchmark requests; write metrics/benchmark.json."""
-    from clip_unlearn.unlearning.benchmark import format_rows, run_benchmark
+    from clip_unlearn.unlearning.benchmark import format_rows, format_summary, run_benchmark
 
     p = _params(params)
-    rows = run_benchmark(p)
-    typer.echo("\n" + format_rows(rows))
+    out = run_benchmark(p, holdout=holdout)
+    typer.echo("\n" + format_rows(out["rows"]))
+    typer.echo("\n" + format_summary(out))
     typer.echo(f"\nwrote {p.benchmark.out}")
 
 
@@ -285,6 +289,17 @@ def erase(params: str = PARAMS, request_file: Optional[str] = REQ_OPTS["request_
 def _print_erasure(out: dict) -> None:
     typer.echo(f"\nrequest {out['request_id']}: {out['model']} v{out['base_version']} -> v{out['version']}\n")
     typer.echo(out["table"])
+    m = out.get("method") or {}
+    if m:
+        chosen = m["chosen"] if m["chosen"] == m["name"] else f"{m['name']} -> {m['chosen']}"
+        typer.echo(f"\nmethod: {chosen} ({m['kind']})")
+    for a in out.get("attempts") or []:
+        typer.echo(f"  tried {a['method']:<12} " + (f"skipped: {a['skipped']}" if a.get("skipped") else
+                   f"{'passed' if a['passed_val'] else 'failed'} on val in {a['seconds']:.1f} s"))
+    for e in out.get("lineage") or []:
+        value = "n/a" if e.get("value") is None else f"{e['value']:.3f}"
+        typer.echo(f"earlier erasure {e['request_id']} ({e['forgotten']}, v{e['version']}): top-1 {value} "
+                   f"(limit {e['limit']})")
     colour = "green" if out["verdict"] == "passed" else "red"
     typer.secho(f"\nverdict: {out['verdict'].upper()}", fg=colour, bold=True)
     for reason in out.get("failed_checks", []):
@@ -479,25 +494,53 @@ def models_register(model_dir: str, name: Optional[str] = typer.Option(None, hel
 
 @app.command()
 def report(request_id: str, params: str = PARAMS,
-           out: str = typer.Option("runs/reports", help="where to download the certificate")):
-    """Download a request's certificate (JSON, HTML, PNG), check its hash, print its table."""
+           out: str = typer.Option("runs/reports", help="where to download the certificate"),
+           verify: bool = typer.Option(False, "--verify", help="also check the signature against the registry's "
+                                       "public key and the weights in S3 against the registry and the certificate"),
+           public_key: Optional[str] = typer.Option(None, help="with --verify: trust this PEM public key "
+                                                    "instead of the one recorded in the registry")):
+    """Download a request's certificate (JSON, HTML, PNG), check its hash, print its table.
+    Exit 1 if any check fails (an unsigned certificate fails --verify)."""
     import json
     from pathlib import Path
 
-    from clip_unlearn import storage
+    from clip_unlearn import signing, storage
     from clip_unlearn.certificate import format_table, verify_certificate
 
     p = _params(params)
+    trusted = None
+    if public_key:
+        try:
+            trusted = Path(public_key).read_text()
+            signing.load_public(trusted)
+        except (OSError, UnicodeDecodeError, ConfigError) as e:
+            typer.secho(f"--public-key {public_key}: {e}", fg="red", err=True)
+            raise typer.Exit(2)
     try:
         folder = Path(out) / storage.safe_key(request_id)
         storage.download_dir(p.storage, storage.safe_key("certificates", request_id), folder)
     except (ValueError, *_erasure_errors()) as e:
         raise _fail(e)
-    cert = json.loads((folder / "certificate.json").read_text())
+    try:
+        cert = json.loads((folder / "certificate.json").read_text())
+        table = format_table(cert["before"], cert["after"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        typer.secho(f"{folder / 'certificate.json'}: not a certificate ({type(e).__name__}: {e})", fg="red", err=True)
+        raise typer.Exit(1)
     ok = verify_certificate(folder / "certificate.json")
-    typer.echo(format_table(cert["before"], cert["after"]))
-    typer.echo(f"\nverdict: {cert['verdict']}   model: {cert['model']['name']} v{cert['model']['version']}   "
-               f"integrity: {'ok' if ok else 'MISMATCH'}\ncertificate: {folder / 'certificate.html'}")
+    sig = cert.get("signature")
+    signed = f"signed by key {sig.get('key_id')}" if isinstance(sig, dict) else "UNSIGNED"
+    typer.echo(table)
+    typer.echo(f"\nverdict: {cert.get('verdict')}   model: {cert['model']['name']} v{cert['model']['version']}   "
+               f"integrity: {'ok' if ok else 'MISMATCH'}   {signed}\ncertificate: {folder / 'certificate.html'}")
+    if verify:
+        with _exit_on_error():
+            checks = signing.audit(p, folder / "certificate.json", trusted)
+        typer.echo("")
+        for name, matched, detail in checks:
+            typer.secho(f"{name:<12} {'ok' if matched else 'MISMATCH':<9} {detail}", fg=None if matched else "red")
+        ok = ok and all(m for _, m, _ in checks)
+        typer.secho(f"\nverify: {'every check matched' if ok else 'FAILED'}", fg="green" if ok else "red", bold=True)
     if not ok:
         raise typer.Exit(1)
 

@@ -48,17 +48,22 @@ def encode_text(model: torch.nn.Module, tokens: torch.Tensor, normalize: bool = 
 
     if not (isinstance(model, CLIP) and model.text_pool_type == "argmax" and model.attn_mask is not None):
         return model.encode_text(tokens, normalize=normalize)
+    x = text_pooled(model, tokens)
+    if model.text_projection is not None:
+        x = model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) \
+            else x @ model.text_projection
+    return F.normalize(x, dim=-1) if normalize else x
+
+
+def text_pooled(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """The text tower's pooled feature before `text_projection` (open_clip CLIP, argmax pooling)."""
     n = int(tokens.argmax(dim=-1).max()) + 1
     tokens = tokens[:, :n]
     cast_dtype = model.transformer.get_cast_dtype()
     x = model.token_embedding(tokens).to(cast_dtype) + model.positional_embedding[:n].to(cast_dtype)
     x = model.transformer(x, attn_mask=model.attn_mask[:n, :n])
     x = model.ln_final(x)
-    x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
-    if model.text_projection is not None:
-        x = model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) \
-            else x @ model.text_projection
-    return F.normalize(x, dim=-1) if normalize else x
+    return x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
 
 
 @torch.no_grad()

@@ -82,7 +82,7 @@ class ForgetConfig(Section):
     dataset: str = "digits"
     classes: list[str] = Field(default_factory=lambda: ["seven"], min_length=1)
     where: dict[str, str] = Field(default_factory=dict)
-    method: str = "subgroup"
+    method: str = "auto"
 
     def request(self):
         from clip_unlearn.unlearning.request import ForgetRequest
@@ -96,6 +96,20 @@ class BenchmarkRequest(Section):
     where: dict[str, str] = Field(default_factory=dict)
 
 
+class HoldoutConfig(Section):
+    """Requests drawn by `seed` from the classes the benchmark above does not name: no default was
+    tuned on them (hyperparameters are chosen on the named requests, val split)."""
+    seed: int = 2026
+    n_classes: int = Field(8, ge=0, description="single-class requests")
+    n_pairs: int = Field(4, ge=0, description="two-class requests (same dataset)")
+    n_subgroups: int = Field(5, ge=0, description="one class restricted by one attribute value")
+    n_lineage: int = Field(3, ge=0, description="erase A, then B from that version; A re-measured")
+    class_methods: list[str] = Field(default_factory=lambda: ["auto", "text_edit", "projection", "lipschitz"])
+    subgroup_methods: list[str] = Field(default_factory=lambda: ["auto", "subgroup"])
+    lineage_method: str = "auto"
+    oracle: bool = Field(True, description="retrain oracle on the first hold-out class request (wall-time yardstick)")
+
+
 class BenchmarkConfig(Section):
     classes: dict[str, list[str]] = Field(default_factory=lambda: {
         "digits": ["three", "seven", "nine"], "shapes": ["star", "heart", "arrow"]})
@@ -105,11 +119,12 @@ class BenchmarkConfig(Section):
         BenchmarkRequest(dataset="digits", classes=["seven"], where={"ink": "red"}),
         BenchmarkRequest(dataset="digits", classes=["three"], where={"background": "white"}),
         BenchmarkRequest(dataset="shapes", classes=["star"], where={"colour": "blue"})])
-    class_methods: list[str] = Field(default_factory=lambda: ["projection", "lipschitz", "gradient_ascent",
-                                                              "random_labels"])
-    subgroup_methods: list[str] = Field(default_factory=lambda: ["subgroup", "gradient_ascent"])
+    class_methods: list[str] = Field(default_factory=lambda: ["auto", "text_edit", "projection", "lipschitz",
+                                                              "gradient_ascent", "random_labels"])
+    subgroup_methods: list[str] = Field(default_factory=lambda: ["auto", "subgroup", "gradient_ascent"])
     oracle: Literal["none", "first", "all"] = Field(
         "first", description="retrain-from-scratch oracle on the first class request, on all, or on none")
+    holdout: HoldoutConfig = HoldoutConfig()
     seed: int = 0
     out: str = "metrics/benchmark.json"
     plots_dir: str = "reports/plots"

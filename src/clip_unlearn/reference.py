@@ -2,13 +2,15 @@
 
     params = load_params("params.yaml")
     make_data(params)                   # data/digits, data/shapes
-    train_and_save(params)              # models/reference (safetensors + config)
+    train_and_save(params)              # models/reference (safetensors + config + loss history)
     evaluate_model(params)              # metrics/reference.json + reports/reference_eval.json
 """
 
 from __future__ import annotations
 
 import json
+import platform
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
@@ -39,13 +41,28 @@ def make_data(params: Params) -> list[Path]:
     return [make_dataset(params, name) for name in params.data.datasets]
 
 
+def timing_path(params: Params) -> Path:
+    """Timings and host of the last training, beside the model folder (models/reference.timing.json):
+    not in it, since the folder is a DVC output that must be byte-identical for the same seeds."""
+    model_dir = Path(params.model.dir)
+    return model_dir.with_name(model_dir.name + ".timing.json")
+
+
 def train_and_save(params: Params, log: Callable[[str], None] = print) -> Path:
+    import torch
+
     from clip_unlearn.train import train_reference
 
     train_sets = [load_dataset(name, "train", params.data.root) for name in params.data.datasets]
     bundle, history = train_reference(train_sets, params.bootstrap, arch=params.model.arch, log=log)
+    seconds = bundle.meta.pop("train_seconds", None)
     out = save_model(bundle, params.model.dir, meta={"bootstrap": params.bootstrap.model_dump()})
-    (out / "train_history.json").write_text(json.dumps(history, indent=1) + "\n")
+    losses = [{"step": h["step"], "loss": h["loss"]} for h in history]
+    (out / "train_history.json").write_text(json.dumps(losses, indent=1) + "\n")
+    record = {"model_dir": str(out), "weights_sha256": bundle.meta["sha256"], "train_seconds": seconds,
+              "host": platform.node(), "device": str(bundle.device), "threads": torch.get_num_threads(),
+              "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "history": history}
+    timing_path(params).write_text(json.dumps(record, indent=1) + "\n")
     return out
 
 

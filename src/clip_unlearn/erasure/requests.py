@@ -45,7 +45,10 @@ class ErasureRequest(Section):
     dataset: str = Field(min_length=1)
     classes: list[str] = Field(min_length=1)
     where: dict[str, str] = Field(default_factory=dict)
-    method: str = "projection"
+    method: str = "auto"
+    allow_forgotten_data: bool | None = Field(
+        None, description="auto: may methods that read real images of what is forgotten run, if every "
+                          "data-free one fails? (None: params methods.auto.allow_forgotten_data)")
     thresholds: dict[str, float | None] = Field(default_factory=dict, description="overrides of params verify:")
     reason: str = Field(min_length=1, max_length=2000)
 

@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from clip_unlearn import storage
+from clip_unlearn import signing, storage
 from clip_unlearn.config import Params
 from clip_unlearn.erasure import registry as reg
 from clip_unlearn.erasure.eventlog import utcnow
 from clip_unlearn.erasure.provenance import code_version, data_versions
 from clip_unlearn.erasure.requests import ErasureRequest
-from clip_unlearn.erasure.verify import failed_reasons, run_checks, thresholds
+from clip_unlearn.erasure.verify import failed_reasons, forget_limit, lineage_checks, run_checks, thresholds
 
 
 @dataclass
@@ -82,7 +82,30 @@ def fetch_base(job: Job) -> dict:
     mv = reg.resolve(c, job.request.model, job.request.base)
     folder = reg.fetch(mv, job.storage, job.dir / "base")
     return {"name": mv.name, "version": mv.version, "source": mv.source, "model_dir": str(folder),
-            "sha256": mv.tags["weights_sha256"], "forgotten": mv.tags.get("forgotten_all", "")}
+            "sha256": mv.tags["weights_sha256"], "forgotten": mv.tags.get("forgotten_all", ""),
+            "lineage": lineage_of(mv)}
+
+
+def lineage_of(mv) -> list[dict]:
+    """What a registered version has forgotten, oldest first: [{"request_id", "forgotten" (a
+    ForgetRequest.describe()), "limit" (the forget top-1 it was verified at), "version" (the version
+    that made it)}]. Read from the version's `lineage` tag; older versions only have `forgotten_all`."""
+    from clip_unlearn.erasure.verify import Thresholds, forget_limit
+    from clip_unlearn.unlearning.request import ForgetRequest
+
+    if mv.tags.get("lineage"):
+        entries = json.loads(mv.tags["lineage"])
+    else:
+        entries = [{"request_id": "(unrecorded)", "forgotten": f, "version": None,
+                    "limit": forget_limit(Thresholds(), bool(ForgetRequest.parse(f).where))}
+                   for f in mv.tags.get("forgotten_all", "").split(";") if f]
+    return [{**e, "version": e.get("version") or str(mv.version)} for e in entries]
+
+
+def lineage_requests(lineage: list[dict]):
+    from clip_unlearn.unlearning.request import ForgetRequest
+
+    return [ForgetRequest.parse(e["forgotten"]) for e in lineage]
 
 
 def prepare_data(job: Job) -> str:
@@ -134,7 +157,7 @@ def synthesize(job: Job, base_dir: str, base_sha: str) -> str | None:
     return str(out)
 
 
-def unlearn(job: Job, base_dir: str, synthetic_dir: str | None) -> dict:
+def unlearn(job: Job, base_dir: str, synthetic_dir: str | None, lineage: list[dict] = ()) -> dict:
     from clip_unlearn.models import load_model, save_model
     from clip_unlearn.unlearning.runner import run_method
     from clip_unlearn.unlearning.synthesize import load_synthetic
@@ -145,28 +168,41 @@ def unlearn(job: Job, base_dir: str, synthetic_dir: str | None) -> dict:
     if synthetic_dir:
         syn = load_synthetic(synthetic_dir)
         synthetic = lambda: (syn.x, syn.labels)  # noqa: E731
-    result = run_method(bundle, req.forget_request(), req.method, p.methods.get(req.method), p.data.root,
-                        job.others(), seed=p.benchmark.seed, synthetic=synthetic, log=job.log)
+    cfg = p.methods.get(req.method)
+    if req.method == "auto" and req.allow_forgotten_data is not None:
+        cfg = cfg.model_copy(update={"allow_forgotten_data": req.allow_forgotten_data})
+    result = run_method(bundle, req.forget_request(), req.method, cfg, p.data.root,
+                        job.others(), seed=p.benchmark.seed, synthetic=synthetic, log=job.log,
+                        lineage=lineage_requests(lineage), configs=p.methods,
+                        thresholds=thresholds(p.verify, req.thresholds).model_dump(), assurance=p.assurance,
+                        lineage_limits={e["forgotten"]: e["limit"] for e in lineage if e.get("limit") is not None})
     out = save_model(bundle, job.dir / "model", meta={"unlearning": {
         "request_id": req.id, "method": req.method, "forgotten": req.forget_request().describe()}})
     return {"model_dir": str(out), "result": str(_write(job.dir / "result.json", result))}
 
 
-def verify(job: Job, base_dir: str, model_dir: str, result_path: str) -> dict:
-    """Threshold checks on BF/AF, plus the assurance checks (relearning, linear probe)."""
+def verify(job: Job, base_dir: str, model_dir: str, result_path: str, lineage: list[dict] = ()) -> dict:
+    """Threshold checks on BF/AF, every earlier erasure of the lineage re-checked against its own
+    limit, plus the assurance checks (relearning, linear probe)."""
     from clip_unlearn.models import load_model
     from clip_unlearn.unlearning.assurance import run_assurance
+    from clip_unlearn.unlearning.evaluate import lineage_top1
 
     p, req = job.params, job.request
     result = json.loads(Path(result_path).read_text())
     th = thresholds(p.verify, req.thresholds)
     checks = run_checks(result["before"], result["after"], th, bool(req.where))
+    # Every earlier erasure, measured here on the new weights (not taken from the unlearn step's report).
+    new_model = load_model(model_dir, device=p.bootstrap.device)
+    measured = lineage_top1(new_model, lineage_requests(lineage), p.data.root)
+    checks += lineage_checks({"lineage": measured}, list(lineage))
     assurance_cfg = p.assurance
     if th.relearn_forget_max is not None:
         assurance_cfg = assurance_cfg.model_copy(update={"relearn_forget_max": th.relearn_forget_max})
     dev = p.bootstrap.device
-    assurance = run_assurance(load_model(base_dir, device=dev), load_model(model_dir, device=dev),
-                              req.forget_request(), p.data.root, assurance_cfg, job.dir / "assurance")
+    assurance = run_assurance(load_model(base_dir, device=dev), new_model,
+                              req.forget_request(), p.data.root, assurance_cfg, job.dir / "assurance",
+                              lineage=lineage_requests(lineage))
     if assurance.get("relearn", {}).get("passed") is not None:
         checks.append({"name": "relearn_forget_top1", "rule": f"max <= {assurance_cfg.relearn_forget_max}",
                        "value": assurance["relearn"]["forget_top1_max"],
@@ -176,7 +212,9 @@ def verify(job: Job, base_dir: str, model_dir: str, result_path: str) -> dict:
                        "value": assurance["probe"]["new_balanced_accuracy"], "limit": None,
                        "passed": assurance["probe"]["passed"]})
     passed = all(c["passed"] for c in checks)
+    lineage_now = [{**e, "value": measured.get(e["forgotten"])} for e in lineage]
     out = {"verdict": "passed" if passed else "failed", "checks": checks, "thresholds": th.model_dump(),
+           "lineage": lineage_now, "forget_limit": forget_limit(th, bool(req.where)),
            "failed": failed_reasons(checks), "assurance": assurance}
     _write(job.dir / "verification.json", out)
     return out
@@ -197,12 +235,20 @@ def register(job: Job, base: dict, unlearned: dict, verification: dict) -> dict:
     source, sha = reg.upload_model(job.storage, req.model, unlearned["model_dir"])
     fr = req.forget_request()
     forgotten_all = ";".join(x for x in (base.get("forgotten"), fr.describe()) if x)
+    # This version's lineage: the base's, plus this erasure (version None: the version carrying it).
+    lineage = [*base.get("lineage", []), {"request_id": req.id, "forgotten": fr.describe(),
+                                          "limit": verification.get("forget_limit"), "version": None}]
     b, a = result["before"], result["after"]
     tags = {"request_id": req.id, "requester": req.requester, "method": req.method, "forgotten": fr.describe(),
-            "forgotten_all": forgotten_all, "verdict": verification["verdict"], "base_version": base["version"],
+            "forgotten_all": forgotten_all, "lineage": json.dumps(lineage),
+            "verdict": verification["verdict"], "base_version": base["version"],
+            "method_chosen": result.get("info", {}).get("chosen", req.method),
+            "data_free": str(result.get("data_free")).lower(),
             "base_sha256": base["sha256"], "weights_sha256": sha,
             "data_versions": json.dumps(data_versions(p.data.root, sorted({req.dataset, *p.data.datasets}))),
             "code_version": json.dumps(code_version()), "reason": req.reason[:500]}
+    key = signing.load_key()   # a broken key stops the job here, before the version exists
+    tags |= signing.registry_tags(key) if key else {}
     for k in ("forget_top1", "retain_top1", "other_top1"):
         tags[f"bf.{k}"], tags[f"af.{k}"] = f"{b[k]:.4f}", f"{a[k]:.4f}"
     exp = c.get_experiment_by_name(p.registry.experiment)
@@ -239,13 +285,21 @@ def certify(job: Job, base: dict, registered: dict) -> dict:
               "model": {"name": req.model, "version": mv.version, "base_version": base["version"],
                         "base_sha256": base["sha256"], "new_sha256": mv.tags["weights_sha256"],
                         "uri": f"models:/{req.model}/{mv.version}", "source": mv.source},
-              "method": {"name": req.method, "config": result["config"], "seconds": result["seconds"]},
+              "method": method_record(req.method, result),
               "before": result["before"], "after": result["after"], "thresholds": ver["thresholds"],
-              "checks": ver["checks"], "verdict": ver["verdict"], "assurance": ver["assurance"],
+              "checks": ver["checks"], "lineage": ver.get("lineage", []), "verdict": ver["verdict"], "assurance": ver["assurance"],
               "data_versions": json.loads(mv.tags.get("data_versions", "{}")),
               "code_version": json.loads(mv.tags.get("code_version", "{}")),
               "created_at": utcnow()}
-    files = write_certificate(_clean(record), job.dir / "certificate")
+    key = signing.load_key()   # None: no CLIP_UNLEARN_SIGNING_KEY; the certificate says "unsigned"
+    files = write_certificate(_clean(record), job.dir / "certificate", key=key)
+    if key is None:
+        job.log(f"certificate of {req.id} is UNSIGNED: set {signing.ENV} to an Ed25519 key (PEM file) to sign it")
+    else:
+        job.log(f"certificate of {req.id} signed with key {signing.key_id(key)} ({signing.publish(job.storage, key)})")
+        for k, v in signing.registry_tags(key).items():   # set by register(); a resumed job may lack them
+            if mv.tags.get(k) != v:
+                c.set_model_version_tag(req.model, mv.version, k, v)
     prefix = storage.safe_key("certificates", req.id)
     storage.upload_dir(job.storage, job.dir / "certificate", prefix)
     c.log_artifacts(registered["run_id"], str(job.dir / "certificate"), "certificate")
@@ -253,7 +307,21 @@ def certify(job: Job, base: dict, registered: dict) -> dict:
     c.set_model_version_tag(req.model, mv.version, "certificate", uri)
     return {"uri": uri, "html": storage.uri(job.storage, f"{prefix}/certificate.html"),
             "local": str(files["html"]), "verdict": ver["verdict"], "failed": ver["failed"],
-            "table": format_table(result["before"], result["after"])}
+            "table": format_table(result["before"], result["after"]),
+            "method": {k: record["method"][k] for k in ("name", "chosen", "kind")},
+            "attempts": record["method"]["attempts"], "lineage": record["lineage"]}
+
+
+def method_record(name: str, result: dict) -> dict:
+    """What the certificate says of the method: which one produced the version, of which kind, and
+    (auto) every attempt with its val figures and time."""
+    info = result.get("info", {})
+    data_free = result.get("data_free")
+    kind = "data-free" if data_free else "reads forgotten data" if data_free is not None else "unknown"
+    return {"name": name, "chosen": info.get("chosen", name), "kind": kind, "config": result["config"],
+            "seconds": result["seconds"], "attempts": [
+                {k: a.get(k) for k in ("method", "data_free", "passed_val", "val", "seconds", "failed", "skipped")}
+                for a in info.get("attempts", [])]}
 
 
 def promote(job: Job, base: dict, registered: dict) -> dict:
@@ -291,7 +359,8 @@ def resume(job: Job) -> tuple[dict, dict] | None:
                           "(--id, or erase.request_id in params.yaml)")
     base_mv = c.get_model_version(req.model, mv.tags["base_version"])
     base = {"name": req.model, "version": base_mv.version, "source": base_mv.source,
-            "sha256": base_mv.tags.get("weights_sha256"), "forgotten": base_mv.tags.get("forgotten_all", "")}
+            "sha256": base_mv.tags.get("weights_sha256"), "forgotten": base_mv.tags.get("forgotten_all", ""),
+            "lineage": lineage_of(base_mv)}
     return base, {"version": mv.version, "run_id": mv.run_id, "verdict": mv.tags.get("verdict"), "resumed": True}
 
 

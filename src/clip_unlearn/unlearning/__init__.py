@@ -6,7 +6,8 @@
 Importing the package registers every method module.
 """
 
-from clip_unlearn.unlearning import baselines, lipschitz, oracle, projection, subgroup  # noqa: F401  (register)
+from clip_unlearn.unlearning import (  # noqa: F401  (register every method)
+    auto, baselines, lipschitz, oracle, projection, subgroup, text_edit)
 from clip_unlearn.unlearning.registry import METHODS, get_method, register
 from clip_unlearn.unlearning.request import ForgetRequest
 from clip_unlearn.unlearning.runner import run_method

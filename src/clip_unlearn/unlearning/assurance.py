@@ -128,17 +128,20 @@ def _forget_top1(bundle: ClipBundle, images: torch.Tensor, labels: torch.Tensor,
 
 
 def relearn_check(bundle: ClipBundle, request: ForgetRequest, data_root: str, cfg: AssuranceConfig,
-                  figure_path: str | Path | None = None) -> dict:
-    """Fine-tune a copy of `bundle` on retained train images; track the forget top-1 (test split).
+                  figure_path: str | Path | None = None, lineage: list[ForgetRequest] = (),
+                  split: str = "test") -> dict:
+    """Fine-tune a copy of `bundle` on retained train images; track the forget top-1 (test split;
+    `split="val"` for choosing hyperparameters or methods without looking at test).
 
     `bundle` is never modified. The same inputs give the same numbers (seeded batches)."""
     t0 = time.perf_counter()
-    ctx = UnlearnContext(request=request, data_root=str(data_root), seed=cfg.seed, log=lambda _: None)
+    ctx = UnlearnContext(request=request, data_root=str(data_root), seed=cfg.seed, log=lambda _: None,
+                         lineage=list(lineage))  # the lineage's items are never trained or probed on
     train = ctx.dataset("train")
     request.check(train.classes, train.attributes)
     classes, templates = ctx.classes, zero_shot_templates(request.dataset)
 
-    test = ctx.dataset("test")
+    test = ctx.dataset(split)
     t_images, t_labels = test.tensors()
     keep = torch.from_numpy(request_mask(test, request.classes, request.where))
     f_images, f_labels = t_images[keep], t_labels[keep]
@@ -258,10 +261,12 @@ def _probe_one(bundle: ClipBundle, ctx: UnlearnContext, cfg: AssuranceConfig) ->
 
 
 def probe_check(base_bundle: ClipBundle, new_bundle: ClipBundle, request: ForgetRequest, data_root: str,
-                cfg: AssuranceConfig, figure_path: str | Path | None = None) -> dict:
+                cfg: AssuranceConfig, figure_path: str | Path | None = None,
+                lineage: list[ForgetRequest] = ()) -> dict:
     """Linear separability of forgotten vs retained images, base model against unlearned model."""
     t0 = time.perf_counter()
-    ctx = UnlearnContext(request=request, data_root=str(data_root), seed=cfg.seed, log=lambda _: None)
+    ctx = UnlearnContext(request=request, data_root=str(data_root), seed=cfg.seed, log=lambda _: None,
+                         lineage=list(lineage))  # the lineage's items are never trained or probed on
     train = ctx.dataset("train")
     request.check(train.classes, train.attributes)
     base_acc, base_bal = _probe_one(base_bundle, ctx, cfg)
@@ -299,7 +304,7 @@ def probe_check(base_bundle: ClipBundle, new_bundle: ClipBundle, request: Forget
 # ---------------------------------------------------------------- both, and the figures
 
 def run_assurance(base_bundle: ClipBundle, new_bundle: ClipBundle, request: ForgetRequest, data_root: str,
-                  cfg: AssuranceConfig, out_dir: str | Path) -> dict:
+                  cfg: AssuranceConfig, out_dir: str | Path, lineage: list[ForgetRequest] = ()) -> dict:
     """Relearn + probe checks; figures relearn.png and probe.png in out_dir.
 
     passed = relearn passed and (probe passed or the probe does not gate). With cfg.enabled
@@ -309,8 +314,8 @@ def run_assurance(base_bundle: ClipBundle, new_bundle: ClipBundle, request: Forg
         return {"relearn": dict(skipped), "probe": dict(skipped), "passed": None, "skipped": True}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    relearn = relearn_check(new_bundle, request, data_root, cfg, out / "relearn.png")
-    probe = probe_check(base_bundle, new_bundle, request, data_root, cfg, out / "probe.png")
+    relearn = relearn_check(new_bundle, request, data_root, cfg, out / "relearn.png", lineage)
+    probe = probe_check(base_bundle, new_bundle, request, data_root, cfg, out / "probe.png", lineage)
     return {"relearn": relearn, "probe": probe,
             "passed": bool(relearn["passed"] and (probe["passed"] or not cfg.probe_gate)), "skipped": False}
 

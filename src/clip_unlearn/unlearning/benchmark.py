@@ -1,19 +1,23 @@
 """Compare every method and the retrain oracle side by side on the built-in data.
 
-    rows = run_benchmark(params)     # writes metrics/benchmark.json and reports/plots/*.png
+    out = run_benchmark(params)     # writes metrics/benchmark.json and reports/plots/*.png
 
 One row per (request, method): BF/AF forget, retain and other-dataset top-1 (fractions),
 seconds, and which targets were met. Each run starts from a fresh copy of the reference model.
+Two blocks: the named requests of params.yaml (where defaults are tuned, on val) and a hold-out
+block drawn by seed (classes, pairs, subgroups, and two-step lineage rows) that nothing was tuned on.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import random
 from pathlib import Path
 from typing import Callable
 
 from clip_unlearn.models import load_model
+from clip_unlearn.unlearning.context import cached_split
 from clip_unlearn.unlearning.evaluate import request_metrics
 from clip_unlearn.unlearning.request import ForgetRequest
 from clip_unlearn.unlearning.runner import run_method
@@ -47,35 +51,142 @@ def row(result: dict, checks: dict[str, bool]) -> dict:
     if req.is_subgroup:
         r |= {"subgroup_rest_top1_before": b["subgroup_rest_top1"], "subgroup_rest_top1_after": a["subgroup_rest_top1"],
               "other_classes_top1_before": b["other_classes_top1"], "other_classes_top1_after": a["other_classes_top1"]}
+    r["data_free"] = result.get("data_free")
+    if "chosen" in result.get("info", {}):
+        r["chosen"] = result["info"]["chosen"]
     r["targets_met"] = all(checks.values())
     r["targets"] = checks
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}
 
 
-def run_benchmark(params, log: Callable[[str], None] = print, synthetic_for: Callable | None = None) -> list[dict]:
-    """`synthetic_for(request, bundle)` returns the ctx.synthetic callable for a request (or None)."""
+def holdout_requests(cfg, data_root: str, datasets: list[str]) -> dict[str, list]:
+    """The hold-out block: requests drawn by cfg.holdout.seed among classes the named benchmark
+    (on which defaults are tuned) does not use. {"classes", "pairs", "subgroups": [ForgetRequest],
+    "lineage": [(A, B)]}."""
+    h = cfg.holdout
+    rng = random.Random(h.seed)
+    named = {(d, c) for d, cs in cfg.classes.items() for c in cs}
+    named |= {(r.dataset, c) for r in [*cfg.multi_class, *cfg.subgroups] for c in r.classes}
+    meta = {d: cached_split(d, "train", data_root) for d in datasets}
+    pool = [(d, c) for d in datasets for c in meta[d].classes if (d, c) not in named]
+    singles = rng.sample(pool, min(h.n_classes, len(pool)))
+    every_pair = [(d, a, b) for i, (d, a) in enumerate(pool) for d2, b in pool[i + 1:] if d2 == d]
+    pairs = [ForgetRequest(dataset=d, classes=[a, b]) for d, a, b in rng.sample(every_pair, min(h.n_pairs, len(every_pair)))]
+    groups = []
+    for d, c in rng.sample(pool, min(h.n_subgroups, len(pool))):
+        key = rng.choice(sorted(meta[d].attributes))
+        groups.append(ForgetRequest(dataset=d, classes=[c], where={key: rng.choice(meta[d].attributes[key])}))
+    lineage = []
+    for _ in range(h.n_lineage):
+        (da, ca), (db, cb) = rng.sample(pool, 2)
+        lineage.append((ForgetRequest(dataset=da, classes=[ca]), ForgetRequest(dataset=db, classes=[cb])))
+    return {"classes": [ForgetRequest(dataset=d, classes=[c]) for d, c in singles], "pairs": pairs,
+            "subgroups": groups, "lineage": lineage}
+
+
+def _run(params, base, request, name, log, before=None, synthetic=None, lineage=(), limits=None):
+    others = [d for d in params.data.datasets if d != request.dataset]
+    bundle = copy.deepcopy(base)
+    log(f"[benchmark] {name} on {request.describe()}" + (f" after {[r.describe() for r in lineage]}" if lineage else ""))
+    res = run_method(bundle, request, name, params.methods[name], params.data.root, others, seed=params.benchmark.seed,
+                     synthetic=synthetic, log=log, before=before, lineage=list(lineage), configs=params.methods,
+                     thresholds=params.verify.model_dump(), lineage_limits=limits,
+                     assurance=params.assurance)
+    return bundle, res
+
+
+def run_benchmark(params, log: Callable[[str], None] = print, synthetic_for: Callable | None = None,
+                  holdout: bool = True) -> dict:
+    """`synthetic_for(request, bundle)` returns the ctx.synthetic callable for a request (or None).
+    Writes {"rows", "holdout_rows", "lineage_rows", "summary"} to benchmark.out."""
     cfg = params.benchmark
     base = load_model(params.model.dir, device=params.bootstrap.device)
     rows, results = [], []
+
+    def one(request, name, block, **kw):
+        synthetic = synthetic_for(request, base) if synthetic_for and name == "lipschitz" else None
+        _, res = _run(params, base, request, name, log, synthetic=synthetic, **kw)
+        checks = check_targets(res["before"], res["after"], params.targets, request.is_subgroup)
+        rows.append(row(res, checks) | {"block": block})
+        results.append(res)
+        log(format_rows(rows[-1:], header=False))
+        return res
+
     for request, methods in benchmark_requests(cfg):
-        others = [d for d in params.data.datasets if d != request.dataset]
-        before = request_metrics(base, request, params.data.root, others)
-        synthetic = synthetic_for(request, base) if synthetic_for else None
+        before = request_metrics(base, request, params.data.root,
+                                 [d for d in params.data.datasets if d != request.dataset])
         for name in methods:
-            bundle = copy.deepcopy(base)
-            method_cfg = params.methods[name]
-            log(f"[benchmark] {name} on {request.describe()}")
-            res = run_method(bundle, request, name, method_cfg, params.data.root, others, seed=cfg.seed,
-                             synthetic=synthetic, log=log, before=before)
-            checks = check_targets(res["before"], res["after"], params.targets, request.is_subgroup)
-            rows.append(row(res, checks))
-            results.append(res)
-            log(format_rows(rows[-1:], header=False))
+            one(request, name, "named", before=before)
+    lineage_rows = []
+    if holdout:
+        h = cfg.holdout
+        plan = holdout_requests(cfg, params.data.root, list(params.data.datasets))
+        for i, request in enumerate(plan["classes"] + plan["pairs"]):
+            block = "holdout-class" if len(request.classes) == 1 else "holdout-multi"
+            for name in h.class_methods + (["oracle"] if h.oracle and i == 0 else []):
+                one(request, name, block)
+        for request in plan["subgroups"]:
+            for name in h.subgroup_methods:
+                one(request, name, "holdout-subgroup")
+        for first, second in plan["lineage"]:
+            lineage_rows.append(lineage_row(params, base, first, second, h.lineage_method, log))
+    out = {"rows": rows, "lineage_rows": lineage_rows, "summary": summarize(rows, lineage_rows)}
     Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(cfg.out).write_text(json.dumps(rows, indent=1) + "\n")
+    Path(cfg.out).write_text(json.dumps(out, indent=1) + "\n")
     if cfg.plots_dir:
         plot_per_class(results, Path(cfg.plots_dir))
-    return rows
+    return out
+
+
+def lineage_row(params, base, first: ForgetRequest, second: ForgetRequest, method: str, log) -> dict:
+    """Erase `first`, then `second` from that version; `first`'s forget top-1 (test) on the second
+    version. ok: it stayed within its limit, or the second version fails verification naming it."""
+    from clip_unlearn.erasure.verify import forget_limit, lineage_checks, run_checks, thresholds
+
+    th = thresholds(params.verify, None)
+    v2, res1 = _run(params, base, first, method, log)
+    limit = forget_limit(th, first.is_subgroup)
+    _, res2 = _run(params, v2, second, method, log, lineage=[first], limits={first.describe(): limit})
+    value = res2["after"]["lineage"][first.describe()]
+    lineage = [{"request_id": "A", "forgotten": first.describe(), "limit": limit, "version": "2"}]
+    checks = run_checks(res2["before"], res2["after"], th, second.is_subgroup) + lineage_checks(res2["after"], lineage)
+    named = any(c["name"] == "lineage:A" and not c["passed"] for c in checks)
+    r = {"method": method, "first": first.describe(), "second": second.describe(),
+         "first_forget_after_first": round(res1["after"]["forget_top1"], 4), "first_forget_after_second": round(value, 4),
+         "limit": limit, "held": value <= limit, "second_verdict": "passed" if all(c["passed"] for c in checks) else "failed",
+         "failed_naming_first": named, "seconds": round(res1["seconds"] + res2["seconds"], 3)}
+    r["ok"] = bool(r["held"] or named)
+    log(f"[benchmark] lineage {r['first']} -> {r['second']}: {r['first']} at {value:.3f} (limit {limit}); "
+        f"{'ok' if r['ok'] else 'NOT OK'}")
+    return r
+
+
+def summarize(rows: list[dict], lineage_rows: list[dict]) -> dict:
+    """Per block and method: share of requests meeting every target, mean seconds; best data-free
+    share per hold-out class request; the oracle's seconds."""
+    out: dict = {}
+    for r in rows:
+        cell = out.setdefault(r["block"], {}).setdefault(r["method"], {"n": 0, "met": 0, "seconds": 0.0})
+        cell["n"] += 1
+        cell["met"] += int(r["targets_met"])
+        cell["seconds"] += r["seconds"]
+    for block in out.values():
+        for cell in block.values():
+            cell["share"] = round(cell["met"] / cell["n"], 3)
+            cell["mean_seconds"] = round(cell.pop("seconds") / cell["n"], 2)
+    by_request: dict[str, bool] = {}
+    for r in rows:
+        if r["block"] == "holdout-class" and r.get("data_free") and r["method"] != "auto":
+            by_request[r["forget"]] = by_request.get(r["forget"], False) or r["targets_met"]
+    if by_request:
+        out["holdout-class"]["best data-free"] = {"n": len(by_request), "met": sum(by_request.values()),
+                                                  "share": round(sum(by_request.values()) / len(by_request), 3)}
+    oracle = [r["seconds"] for r in rows if r["method"] == "oracle"]
+    out["oracle_seconds"] = oracle
+    if lineage_rows:
+        out["lineage"] = {"n": len(lineage_rows), "ok": sum(r["ok"] for r in lineage_rows),
+                          "share": round(sum(r["ok"] for r in lineage_rows) / len(lineage_rows), 3)}
+    return out
 
 
 def format_rows(rows: list[dict], header: bool = True) -> str:
@@ -92,6 +203,27 @@ def format_rows(rows: list[dict], header: bool = True) -> str:
                 for v, c in zip(vals, cols)]
         vals[-1] = "yes" if r["targets_met"] else "NO"
         lines.append(fmt(vals))
+    return "\n".join(lines)
+
+
+def format_summary(out: dict) -> str:
+    """Share of requests meeting every target, per block and method, with mean seconds."""
+    lines = [f"{'block':18} {'method':16} {'met':>7} {'share':>6} {'mean s':>8}"]
+    for block, cells in out["summary"].items():
+        if not isinstance(cells, dict) or block == "lineage":
+            continue
+        for method, c in cells.items():
+            lines.append(f"{block:18} {method:16} {c['met']:>3}/{c['n']:<3} {c['share']:>6.2f} "
+                         f"{c.get('mean_seconds', float('nan')):>8.1f}")
+    if "lineage" in out["summary"]:
+        lin = out["summary"]["lineage"]
+        lines.append(f"{'lineage rows':18} {'':16} {lin['ok']:>3}/{lin['n']:<3} {lin['share']:>6.2f}")
+    for r in out.get("lineage_rows", []):
+        lines.append(f"  {r['method']}: {r['first']} then {r['second']}: {r['first']} "
+                     f"{r['first_forget_after_first']:.3f} -> {r['first_forget_after_second']:.3f} "
+                     f"(limit {r['limit']}), second {r['second_verdict']}{' naming the first' if r['failed_naming_first'] else ''}")
+    if out["summary"].get("oracle_seconds"):
+        lines.append(f"oracle seconds: {out['summary']['oracle_seconds']}")
     return "\n".join(lines)
 
 

@@ -5,6 +5,10 @@
 
 For a subgroup request also `subgroup_rest_top1` (the class's other subgroups) and
 `other_classes_top1` (every other class of the dataset).
+
+With `lineage` (what the model forgot earlier): the items of those erasures are not "retained"
+and leave the retain, subgroup and other-dataset figures; `m["lineage"]` holds each earlier
+erasure's own forget top-1 on this model, keyed by ForgetRequest.describe().
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import torch
 from clip_unlearn import metrics
 from clip_unlearn.clip_ops import encode_images
 from clip_unlearn.models import ClipBundle
-from clip_unlearn.unlearning.context import cached_split
+from clip_unlearn.unlearning.context import cached_split, lineage_mask
 from clip_unlearn.unlearning.request import ForgetRequest
 from clip_unlearn.zero_shot import class_vectors, predict
 from clip_unlearn.templates import zero_shot_templates
@@ -35,27 +39,49 @@ def predictions(bundle: ClipBundle, ds) -> tuple[torch.Tensor, torch.Tensor]:
     return preds, labels
 
 
+def _mean(hit: np.ndarray, mask: np.ndarray) -> float:
+    return float(hit[mask].mean()) if mask.any() else float("nan")
+
+
+def lineage_top1(bundle: ClipBundle, lineage: list[ForgetRequest], data_root: str = "data", split: str = "test",
+                 hits: dict | None = None) -> dict[str, float]:
+    """Each earlier erasure's own forget top-1 on this model, keyed by describe() (NaN: no item)."""
+    hits = dict(hits or {})
+    out = {}
+    for earlier in lineage:
+        ds = cached_split(earlier.dataset, split, str(data_root))
+        if earlier.dataset not in hits:
+            p, y = predictions(bundle, ds)
+            hits[earlier.dataset] = (p == y).numpy()
+        out[earlier.describe()] = _mean(hits[earlier.dataset], earlier.covers(ds))
+    return out
+
+
 def request_metrics(bundle: ClipBundle, request: ForgetRequest, data_root: str = "data",
-                    others: list[str] = (), split: str = "test") -> dict:
+                    others: list[str] = (), split: str = "test", lineage: list[ForgetRequest] = ()) -> dict:
     ds = cached_split(request.dataset, split, str(data_root))
     preds, labels = predictions(bundle, ds)
     hit = (preds == labels).numpy()
     forget = request_mask(ds, request.classes, request.where)
+    kept = ~lineage_mask(ds, list(lineage))
+    retain = ~forget & kept
     out = {
-        "forget_top1": float(hit[forget].mean()),
-        "retain_top1": float(hit[~forget].mean()),
-        "n_forget": int(forget.sum()), "n_retain": int((~forget).sum()),
+        "forget_top1": _mean(hit, forget),
+        "retain_top1": _mean(hit, retain),
+        "n_forget": int(forget.sum()), "n_retain": int(retain.sum()),
         "per_class": dict(zip(ds.classes, metrics.per_class_accuracy(preds, labels, len(ds.classes)))),
     }
     if request.where:
         in_class = request_mask(ds, request.classes, None)
-        out["subgroup_rest_top1"] = float(hit[in_class & ~forget].mean())
-        out["other_classes_top1"] = float(hit[~in_class].mean())
-    other = {}
+        out["subgroup_rest_top1"] = _mean(hit, in_class & ~forget & kept)
+        out["other_classes_top1"] = _mean(hit, ~in_class & kept)
+    other, hits = {}, {request.dataset: hit}
     for name in others:
         ods = cached_split(name, split, str(data_root))
         p, y = predictions(bundle, ods)
-        other[name] = metrics.top1(p, y)
+        hits[name] = (p == y).numpy()
+        other[name] = _mean(hits[name], ~lineage_mask(ods, list(lineage)))
+    out["lineage"] = lineage_top1(bundle, lineage, data_root, split, hits)
     out["other"] = other
     out["other_top1"] = float(np.mean(list(other.values()))) if other else float("nan")
     return out

@@ -19,7 +19,7 @@ from clip_unlearn.config import BUILTIN, BootstrapConfig
 from clip_unlearn.data import ImageDataset
 from clip_unlearn.models import ClipBundle
 from clip_unlearn.schema import Section
-from clip_unlearn.unlearning.context import UnlearnContext, cached_split
+from clip_unlearn.unlearning.context import UnlearnContext, cached_split, retained_split
 from clip_unlearn.unlearning.registry import register
 from clip_unlearn.unlearning.request import ForgetRequest
 
@@ -35,14 +35,15 @@ class OracleConfig(Section):
     threads: int | None = Field(None, ge=0, description="torch threads; null = the process's current setting")
 
 
-def oracle_train_sets(request: ForgetRequest, data_root: str, datasets: list[str]) -> list[ImageDataset]:
-    """Train splits of `datasets`, with the request's items removed from its dataset."""
+def oracle_train_sets(request: ForgetRequest, data_root: str, datasets: list[str],
+                      lineage: list[ForgetRequest] = ()) -> list[ImageDataset]:
+    """Train splits of `datasets`, with the request's items (and the lineage's) removed."""
     if request.dataset not in datasets:
         raise ValueError(f"oracle: {request.dataset!r} is not one of the training datasets {datasets}; "
                          "retraining from scratch only covers the built-in data the model was trained on")
     sets = []
     for name in datasets:
-        ds = cached_split(name, "train", str(data_root))
+        ds = retained_split(name, "train", str(data_root), tuple(sorted(r.describe() for r in lineage)))
         if name == request.dataset:
             ds = ds.select(request.classes, request.where or None, invert=True)
         sets.append(ds)
@@ -63,7 +64,7 @@ def oracle(bundle: ClipBundle, ctx: UnlearnContext, cfg: OracleConfig) -> dict:
     from clip_unlearn.train import train_reference
 
     datasets = cfg.datasets or bundle.meta.get("datasets") or list(BUILTIN)
-    sets = oracle_train_sets(ctx.request, ctx.data_root, datasets)
+    sets = oracle_train_sets(ctx.request, ctx.data_root, datasets, ctx.lineage)
     boot = _bootstrap(bundle, cfg)
     fresh, history = train_reference(sets, boot, arch=bundle.arch, log=ctx.log)
     bundle.model.load_state_dict(fresh.model.state_dict())

@@ -8,6 +8,9 @@
 from __future__ import annotations
 
 import difflib
+import re
+
+import numpy as np
 
 from pydantic import Field
 
@@ -28,6 +31,23 @@ class ForgetRequest(Section):
     @property
     def is_subgroup(self) -> bool:
         return bool(self.where)
+
+    @classmethod
+    def parse(cls, text: str) -> "ForgetRequest":
+        """The inverse of describe(): "digits:seven+three[ink=red]" -> ForgetRequest."""
+        m = re.fullmatch(r"([^:\[]+(?::[^\[]*?)?):([^:\[\]]+)(?:\[(.*)\])?", text.strip())
+        if not m:
+            raise ConfigError(f"cannot read {text!r} as dataset:class[+class][key=value,...]")
+        where = dict(kv.split("=", 1) for kv in m.group(3).split(",")) if m.group(3) else {}
+        return cls(dataset=m.group(1), classes=m.group(2).split("+"), where=where)
+
+    def covers(self, ds) -> "np.ndarray":
+        """Boolean mask over ds (an ImageDataset of this request's dataset) of the items it names."""
+        if ds.name != self.dataset.split(":")[0]:
+            return np.zeros(len(ds), dtype=bool)
+        labels = {ds.classes.index(c) for c in self.classes if c in ds.classes}
+        return np.array([y in labels and all(ds.item_attrs(i).get(k) == v for k, v in self.where.items())
+                         for i, y in enumerate(ds.labels)], dtype=bool)
 
     def describe(self) -> str:
         cond = ",".join(f"{k}={v}" for k, v in sorted(self.where.items()))

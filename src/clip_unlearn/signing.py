@@ -1,0 +1,178 @@
+"""Ed25519 signatures over erasure certificates, and the checks `unlearn report ID --verify` runs.
+
+    generate_key(".stack/signing/ed25519.pem")    # once (infra/stack.sh start does it); file mode 600
+    key = load_key()                              # from $CLIP_UNLEARN_SIGNING_KEY, or None: unsigned
+    sig = sign(blob, key)                         # {"algorithm", "key_id", "public_key" (PEM), "value"}
+    signature_ok(blob, sig, public_pem)           # False on any mismatch
+    publish(storage_cfg, key)                     # s3://<bucket>/<prefix>/signing/<key_id>.pub, written once
+    for name, ok, detail in audit(params, "certificate.json"): ...
+
+What is signed is the certificate's canonical record (certificate.canonical_record): certificate.json
+without "figures", "record_sha256" and "signature", as json.dumps(sort_keys=True, separators=(",", ":")).
+The key id is the first 16 hex digits of the sha256 of the raw 32-byte public key. The private key
+is only read from its file: nothing here logs, tags, uploads or returns it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from clip_unlearn.schema import ConfigError
+
+ENV = "CLIP_UNLEARN_SIGNING_KEY"
+
+
+def generate_key(path) -> Path:
+    """A new Ed25519 private key as unencrypted PKCS#8 PEM, readable by its owner only."""
+    path = Path(path)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    pem = Ed25519PrivateKey.generate().private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                     serialization.NoEncryption())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    return path
+
+
+def load_key(path=None) -> Ed25519PrivateKey | None:
+    """The signing key from `path` or $CLIP_UNLEARN_SIGNING_KEY; None when neither is set."""
+    path = path or os.environ.get(ENV)
+    if not path:
+        return None
+    try:
+        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    except OSError as e:
+        raise ConfigError(f"{ENV}={path}: cannot read the signing key ({e.strerror})") from None
+    except (ValueError, TypeError):  # never echo the file's content
+        raise ConfigError(f"{ENV}={path}: not an unencrypted PEM private key") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigError(f"{ENV}={path}: not an Ed25519 key ({type(key).__name__})")
+    return key
+
+
+def public_pem(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
+    pub = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+    return pub.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+def load_public(pem: str) -> Ed25519PublicKey:
+    try:
+        pub = serialization.load_pem_public_key(pem.encode())
+    except (ValueError, TypeError, AttributeError):
+        raise ConfigError("not a PEM public key") from None
+    if not isinstance(pub, Ed25519PublicKey):
+        raise ConfigError(f"not an Ed25519 public key ({type(pub).__name__})")
+    return pub
+
+
+def key_id(key: Ed25519PrivateKey | Ed25519PublicKey | str) -> str:
+    pub = load_public(key) if isinstance(key, str) else key
+    pub = pub.public_key() if isinstance(pub, Ed25519PrivateKey) else pub
+    raw = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def _kid(pem: str | None) -> str | None:
+    try:
+        return key_id(pem) if pem else None
+    except ConfigError:
+        return "not-a-key"
+
+
+def sign(blob: bytes, key: Ed25519PrivateKey) -> dict:
+    return {"algorithm": "ed25519", "key_id": key_id(key), "public_key": public_pem(key),
+            "value": base64.b64encode(key.sign(blob)).decode("ascii")}
+
+
+def signature_ok(blob: bytes, sig: dict | None, pem: str) -> bool:
+    """True when `sig` is an Ed25519 signature of `blob` by the key whose public PEM is `pem`."""
+    try:
+        load_public(pem).verify(base64.b64decode(sig["value"], validate=True), blob)
+        return True
+    except (InvalidSignature, ConfigError, KeyError, TypeError, ValueError):
+        return False
+
+
+def pub_key_name(kid: str) -> str:
+    return f"signing/{kid}.pub"
+
+
+def publish(cfg, key: Ed25519PrivateKey) -> str:
+    """Put the public key in the bucket (never overwritten); its s3:// URI."""
+    from clip_unlearn import storage
+
+    name = pub_key_name(key_id(key))
+    storage.put_if_absent(cfg, name, public_pem(key), content_type="application/x-pem-file")
+    return storage.uri(cfg, name)
+
+
+def registry_tags(key: Ed25519PrivateKey) -> dict:
+    return {"signing_key_id": key_id(key), "signing_public_key": public_pem(key)}
+
+
+def audit(params, cert_path, trusted_pem: str | None = None) -> list[tuple[str, bool, str]]:
+    """Check a downloaded certificate.json against the registry and S3: (check, matched, what was
+    compared). The trusted public key is `trusted_pem` (e.g. from `--public-key`) or the one the
+    registry recorded on the version; the key embedded in the certificate is never trusted alone."""
+    from clip_unlearn import storage
+    from clip_unlearn.certificate import canonical_record, verify_certificate
+    from clip_unlearn.erasure import registry as reg
+    from clip_unlearn.models import WEIGHTS_FILE, file_sha256
+
+    cert = json.loads(Path(cert_path).read_text(encoding="utf-8"))
+    model, req = cert.get("model") or {}, cert.get("request") or {}
+    out = [("record hash", verify_certificate(cert_path),
+            f"record_sha256 {str(cert.get('record_sha256'))[:16]}... vs sha256 of the record as stored")]
+    found = reg.find(reg.client(params.registry), str(model.get("name")), request_id=str(req.get("id")))
+    if not found:
+        return out + [("registry", False, f"no version of {model.get('name')!r} carries request_id {req.get('id')!r}")]
+    mv = found[0]
+    tags = mv.tags or {}
+    out.append(("registry", str(mv.version) == str(model.get("version")),
+                f"request {req.get('id')} is {mv.name} v{mv.version}; the certificate says v{model.get('version')}"))
+
+    sig = cert.get("signature")
+    reg_pem = tags.get("signing_public_key")
+    trusted = trusted_pem or reg_pem
+    if not isinstance(sig, dict):
+        out.append(("signature", False, "unsigned: no signing key was configured when the certificate was made"))
+    elif not trusted:
+        out.append(("signature", False, f"{mv.name} v{mv.version} has no signing_public_key tag to check against"))
+    else:
+        kid = _kid(trusted)
+        published = storage.get_bytes(params.storage, pub_key_name(kid)).decode(errors="replace") \
+            if storage.exists(params.storage, pub_key_name(kid)) else None
+        ids = {"certificate": sig.get("key_id"), "trusted key": kid, "registry tag": tags.get("signing_key_id"),
+               "bucket": _kid(published)}
+        out.append(("signing key", len(set(ids.values())) == 1,
+                    ", ".join(f"{k} {v or 'none'}" for k, v in ids.items())
+                    + f" ({storage.uri(params.storage, pub_key_name(kid))})"))
+        ok = signature_ok(canonical_record(cert), sig, trusted)
+        out.append(("signature", ok, f"Ed25519 over the canonical record, checked with key {kid} "
+                    f"({'--public-key' if trusted_pem else 'registry tag signing_public_key'})"
+                    + ("" if ok else ": does not verify (record changed, or signed by another key)")))
+
+    want, cert_sha = tags.get("weights_sha256"), model.get("new_sha256")
+    root = storage.uri(params.storage)
+    if not mv.source.startswith(root + "/"):
+        out.append(("weights", False, f"{mv.source} is outside {root}"))
+        return out
+    key = f"{mv.source[len(root) + 1:]}/{WEIGHTS_FILE}"
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            got = file_sha256(storage.get_file(params.storage, key, Path(tmp) / WEIGHTS_FILE))
+        except storage.ObjectNotFound:
+            return out + [("weights", False, f"no object at {storage.uri(params.storage, key)}")]
+    out.append(("weights", got == want == cert_sha,
+                f"sha256 of {storage.uri(params.storage, key)} {got[:16]}..., registry weights_sha256 "
+                f"{str(want)[:16]}..., certificate model.new_sha256 {str(cert_sha)[:16]}..."))
+    return out

@@ -1,0 +1,129 @@
+"""`auto`: the cheapest method that passes the gate on the val split, data-free methods first.
+
+    res = run_method(bundle, ForgetRequest(dataset="digits", classes=["seven"]), "auto",
+                     data_root="data", others=["shapes"], configs=params.methods)
+    res["info"]["chosen"], res["info"]["data_free"], res["info"]["attempts"]
+
+Each method of `order` that applies runs on a fresh copy of the original weights, under its own
+data guard (a data-free method gets a context that refuses real images of what is forgotten).
+Its result is checked on the VAL split against the same thresholds verification applies on test
+(ctx.thresholds: params `verify:` plus the request's overrides), against every earlier erasure
+of the lineage, and (once those pass) by the relearning check. Measuring reads the val split, as
+verification reads test; no method trains on it. The first that passes is kept; methods that read real images of what is forgotten
+run only after every data-free one failed, and only if `allow_forgotten_data`. If none passes, the
+attempt with the fewest failed checks is kept (verification on test then fails it, with figures).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+
+from pydantic import Field, field_validator
+
+from clip_unlearn.models import ClipBundle
+from clip_unlearn.schema import Section
+from clip_unlearn.unlearning.context import UnlearnContext
+from clip_unlearn.unlearning.evaluate import request_metrics
+from clip_unlearn.unlearning.registry import get_method, register
+
+
+class AutoConfig(Section):
+    # Cheapest first: a closed-form text edit (seconds), a closed-form image projection, the
+    # synthetic-sample method (minutes), then the real-data subgroup method.
+    order: list[str] = Field(default_factory=lambda: ["text_edit", "projection", "lipschitz", "subgroup"],
+                             min_length=1, description="methods tried, in this order (data-free ones run first)")
+    subgroup_order: list[str] = Field(default_factory=lambda: ["subgroup"], min_length=1,
+                                      description="methods tried for a subgroup request (class-level ones "
+                                                  "cannot keep the rest of the class)")
+    allow_forgotten_data: bool = Field(
+        True, description="whether methods that read real images of what is forgotten may run (last)")
+
+    @field_validator("order", "subgroup_order")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if name in ("auto", "oracle"):
+                raise ValueError(f"auto cannot try {name!r}")
+            get_method(name)
+        return v
+
+
+def gate(before: dict, after: dict, ctx: UnlearnContext) -> list[str]:
+    """Failed checks of `after` (val split) under the thresholds in force, lineage included."""
+    from clip_unlearn.erasure.verify import Thresholds, failed_reasons, forget_limit, lineage_checks, run_checks
+
+    th = Thresholds.model_validate({**Thresholds().model_dump(), **(ctx.thresholds or {})})
+    checks = run_checks(before, after, th, bool(ctx.request.where))
+    checks += lineage_checks(after, [{"request_id": r.describe(), "forgotten": r.describe(), "version": "earlier",
+                                      "limit": ctx.lineage_limits.get(r.describe(), forget_limit(th, bool(r.where)))}
+                                     for r in ctx.lineage])
+    return failed_reasons(checks)
+
+
+def relearn_gate(bundle: ClipBundle, ctx: UnlearnContext) -> tuple[list[str], float | None]:
+    """The relearning check of verification, on the val split (only once the accuracy checks pass)."""
+    cfg = ctx.assurance
+    if cfg is None or not cfg.enabled or not cfg.relearn_steps:
+        return [], None
+    from clip_unlearn.unlearning.assurance import relearn_check
+
+    limit = (ctx.thresholds or {}).get("relearn_forget_max") or cfg.relearn_forget_max
+    res = relearn_check(bundle, ctx.request, ctx.data_root, cfg, lineage=ctx.lineage, split="val")
+    peak = res["forget_top1_max"]
+    return ([] if peak <= limit else [f"relearn_forget_top1 = {peak:.4f} violates max <= {limit}"]), peak
+
+
+def _val_metrics(bundle: ClipBundle, ctx: UnlearnContext) -> dict:
+    return request_metrics(bundle, ctx.request, ctx.data_root, ctx.others, split="val", lineage=ctx.lineage)
+
+
+def _short(m: dict) -> dict:
+    keys = ("forget_top1", "retain_top1", "other_top1", "subgroup_rest_top1", "other_classes_top1", "relearn_max")
+    return {k: round(m[k], 4) for k in keys if m.get(k) is not None and m[k] == m[k]} | \
+        {"lineage": {k: round(v, 4) for k, v in m.get("lineage", {}).items()}}
+
+
+@register("auto", AutoConfig, data_free=False)
+def auto(bundle: ClipBundle, ctx: UnlearnContext, cfg: AutoConfig) -> dict:
+    """Cheapest data-free method that passes the gate on val; real-data methods last, if allowed."""
+    original = copy.deepcopy(ctx.original.model.state_dict())
+    methods = [get_method(n) for n in (cfg.subgroup_order if ctx.request.where else cfg.order)]
+    methods.sort(key=lambda m: not m.data_free)  # stable: data-free ones first, in the given order
+    before = _val_metrics(ctx.original, ctx)
+    attempts, states = [], []
+    for m in methods:
+        row = {"method": m.name, "data_free": m.data_free}
+        if not m.data_free and not cfg.allow_forgotten_data:
+            attempts.append(row | {"skipped": "reads real images of what is forgotten; not allowed"})
+            continue
+        bundle.model.load_state_dict(original)
+        sub = dataclasses.replace(ctx, data_free=m.data_free)
+        t0 = time.perf_counter()
+        try:
+            info = m.fn(bundle, sub, ctx.configs.get(m.name) or m.config_cls()) or {}
+        except ValueError as e:  # does not apply to this request (e.g. text_edit on a subgroup)
+            attempts.append(row | {"skipped": str(e)})
+            continue
+        seconds = time.perf_counter() - t0
+        bundle.model.eval()
+        after = _val_metrics(bundle, ctx)
+        failed = gate(before, after, ctx)
+        if not failed:
+            failed, after["relearn_max"] = relearn_gate(bundle, ctx)
+        attempts.append(row | {"passed_val": not failed, "failed": failed, "val": _short(after),
+                               "seconds": round(seconds, 3), "info": info})
+        states.append((len(failed), after["forget_top1"], len(attempts) - 1,
+                       {k: v.detach().clone() for k, v in bundle.model.state_dict().items()}))
+        ctx.log(f"auto: {m.name} on val: {'passed' if not failed else 'failed: ' + '; '.join(failed)}")
+        if not failed:
+            break
+    if not states:
+        raise ValueError(f"auto: no method could run on {ctx.request.describe()}: "
+                         + "; ".join(f"{a['method']}: {a['skipped']}" for a in attempts))
+    n_failed, _, index, state = min(states, key=lambda s: s[:3])
+    bundle.model.load_state_dict(state)
+    chosen = attempts[index]
+    return {"chosen": chosen["method"], "data_free": chosen["data_free"], "passed_val": n_failed == 0,
+            "val_before": _short(before), "attempts": attempts}
