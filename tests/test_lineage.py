@@ -125,3 +125,24 @@ def test_strict_gate_defaults_equal_the_targets(repo_params):
     assert (v.subgroup_forget_max, v.subgroup_rest_drop_max, v.other_classes_drop_max) == \
         (t.subgroups.forget_max, t.subgroups.rest_drop_max, t.subgroups.other_classes_drop_max)
     assert Thresholds() == v
+
+
+@pytest.mark.slow
+def test_auto_erases_data_free_and_a_second_erasure_keeps_the_first(reference_params):
+    """The Quickstart's request and a second one on top, on the trained reference (test split):
+    both meet every target with a data-free method, and seven stays forgotten on the second version."""
+    from clip_unlearn.unlearning.targets import check_targets
+
+    p = reference_params
+    kw = dict(data_root=p.data.root, others=["shapes"], log=lambda _: None, configs=p.methods,
+              thresholds=p.verify.model_dump(), assurance=p.assurance)
+    bundle = load_model(p.model.dir, device="cpu")
+    seven, three = ForgetRequest(dataset="digits", classes=["seven"]), ForgetRequest(dataset="digits", classes=["three"])
+    first = run_method(bundle, seven, "auto", p.methods["auto"], **kw)
+    second = run_method(bundle, three, "auto", p.methods["auto"], lineage=[seven],
+                        lineage_limits={"digits:seven": p.verify.forget_max}, **kw)
+    for res in (first, second):
+        assert res["data_free"] and res["before"]["forget_top1"] > 0.5
+        assert all(check_targets(res["before"], res["after"], p.targets, False).values()), res["after"]
+    assert second["after"]["lineage"]["digits:seven"] <= p.verify.forget_max
+    assert second["after"]["n_retain"] < first["after"]["n_retain"]   # sevens are no longer "retained"

@@ -112,7 +112,8 @@ def test_verify_catches_tampering_other_keys_swapped_weights_and_unsigned(env, m
     # 3. swapped weights: v2's object in S3 replaced by the base's weights
     v2 = f"models/{name}/{tags['weights_sha256']}/{WEIGHTS_FILE}"
     genuine = storage.get_bytes(p.storage, v2)
-    storage.put_bytes(p.storage, v2, storage.get_bytes(p.storage, f"models/{name}/{env['base']['sha256']}/{WEIGHTS_FILE}"))
+    v1 = f"models/{name}/{env['base']['sha256']}/{WEIGHTS_FILE}"
+    storage.put_bytes(p.storage, v2, storage.get_bytes(p.storage, v1))
     code, lines, out = report(env, "r1")
     assert code == 1 and lines["weights"] == "MISMATCH" and lines["signature"] == "ok", out
     assert env["base"]["sha256"][:16] in out

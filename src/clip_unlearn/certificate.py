@@ -239,10 +239,10 @@ def _promise(c: dict, before: dict, after: dict, lineage: dict) -> tuple[str, st
     """(promise, limit, evidence) of one check, in words and rounded figures."""
     name = str(c.get("name"))
     if name.startswith("lineage:"):
-        e = lineage.get(name[len("lineage:"):]) or {}
-        text, unit, metric = ("An earlier erasure ({what}, request {rid}) stays forgotten: at most {lim}",
-                              "%", None)
-        text = text.replace("{what}", str(e.get("forgotten", "?"))).replace("{rid}", name[len("lineage:"):])
+        rid = name[len("lineage:"):]
+        e = lineage.get(rid) or {}
+        text, unit, metric = (f"An earlier erasure ({e.get('forgotten', '?')}, request {rid}) stays forgotten: "
+                              "at most {lim}", "%", None)
     elif name in _PROMISES:
         text, unit, metric = _PROMISES[name]
     else:
@@ -343,7 +343,7 @@ def render_html(cert: dict, figures: dict[str, Path]) -> str:
     broken = [c for c in checks if c.get("passed") is False]
     info = _informational(cert)
     if verdict == "passed":
-        summary = f"All {len(checks)} promises below held."
+        summary = "The one promise below held." if len(checks) == 1 else f"All {len(checks)} promises below held."
     elif verdict == "failed":
         summary = (f"{len(broken)} of {len(checks)} promises did not hold (marked NOT held below): "
                    "this version stays a candidate and is never promoted.")

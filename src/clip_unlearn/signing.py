@@ -130,8 +130,10 @@ def audit(params, cert_path, trusted_pem: str | None = None) -> list[tuple[str, 
 
     cert = json.loads(Path(cert_path).read_text(encoding="utf-8"))
     model, req = cert.get("model") or {}, cert.get("request") or {}
-    out = [("record hash", verify_certificate(cert_path),
-            f"record_sha256 {str(cert.get('record_sha256'))[:16]}... vs sha256 of the record as stored")]
+    ok = verify_certificate(cert_path)
+    rs = f"record_sha256 {str(cert.get('record_sha256'))[:16]}..."
+    out = [("record hash", ok, f"the record hashes to its {rs}" if ok else
+            f"the record does not hash to its {rs}: it was changed after it was written")]
     found = reg.find(reg.client(params.registry), str(model.get("name")), request_id=str(req.get("id")))
     if not found:
         return out + [("registry", False, f"no version of {model.get('name')!r} carries request_id {req.get('id')!r}")]
@@ -156,10 +158,10 @@ def audit(params, cert_path, trusted_pem: str | None = None) -> list[tuple[str, 
         out.append(("signing key", len(set(ids.values())) == 1,
                     ", ".join(f"{k} {v or 'none'}" for k, v in ids.items())
                     + f" ({storage.uri(params.storage, pub_key_name(kid))})"))
-        ok = signature_ok(canonical_record(cert), sig, trusted)
-        out.append(("signature", ok, f"Ed25519 over the canonical record, checked with key {kid} "
+        valid = signature_ok(canonical_record(cert), sig, trusted)
+        out.append(("signature", valid, f"Ed25519 over the canonical record, checked with key {kid} "
                     f"({'--public-key' if trusted_pem else 'registry tag signing_public_key'})"
-                    + ("" if ok else ": does not verify (record changed, or signed by another key)")))
+                    + ("" if valid else ": does not verify (record changed, or signed by another key)")))
 
     want, cert_sha = tags.get("weights_sha256"), model.get("new_sha256")
     root = storage.uri(params.storage)
@@ -172,7 +174,11 @@ def audit(params, cert_path, trusted_pem: str | None = None) -> list[tuple[str, 
             got = file_sha256(storage.get_file(params.storage, key, Path(tmp) / WEIGHTS_FILE))
         except storage.ObjectNotFound:
             return out + [("weights", False, f"no object at {storage.uri(params.storage, key)}")]
-    out.append(("weights", got == want == cert_sha,
-                f"sha256 of {storage.uri(params.storage, key)} {got[:16]}..., registry weights_sha256 "
-                f"{str(want)[:16]}..., certificate model.new_sha256 {str(cert_sha)[:16]}..."))
+    where = storage.uri(params.storage, key)
+    if got == want == cert_sha:
+        out.append(("weights", True, f"S3 object, registry weights_sha256 and certificate model.new_sha256 are "
+                                     f"all {got[:16]}... ({where})"))
+    else:
+        out.append(("weights", False, f"S3 object {got[:16]}..., registry weights_sha256 {str(want)[:16]}..., "
+                                      f"certificate model.new_sha256 {str(cert_sha)[:16]}... ({where})"))
     return out
