@@ -1,6 +1,7 @@
 """Shared fixtures. Configs are shrunk for speed: tiny datasets, a few training steps.
 
 Markers: `slow` (minutes; CI runs them with `-m slow`), `gpu` (needs CUDA).
+Every process a test starts is stopped when the run ends, however it ends (tests/servers.py).
 """
 
 from __future__ import annotations
@@ -82,6 +83,22 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=90):
         yield
+
+
+def pytest_configure(config):
+    from servers import install_signal_handlers
+
+    install_signal_handlers()
+
+
+@pytest.hookimpl(wrapper=True)   # after the fixtures' own finalizers, even if one of them raised
+def pytest_sessionfinish(session, exitstatus):
+    from servers import stop_all
+
+    try:
+        return (yield)
+    finally:
+        stop_all()
 
 
 @pytest.fixture(autouse=True)

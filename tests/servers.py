@@ -1,9 +1,15 @@
 """Real servers for the tests, started on free loopback ports in temporary folders: SeaweedFS
 (`weed mini`, S3) and an MLflow tracking server whose artifacts go to that S3. No mocks.
+
+Nothing outlives the run: every process a test starts goes through `spawn` (its own session, so
+its process group holds everything it forks) or `track`, and is stopped by its fixture or test,
+and as a backstop by `stop_all` at the end of the session (conftest.py), at exit, and on
+SIGTERM/SIGHUP (turned into KeyboardInterrupt so that pytest tears down as on Ctrl-C).
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import secrets
 import shutil
@@ -16,6 +22,102 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+
+_STARTED: list = []   # Popen objects (each leads its own process group) and stop callables
+
+
+def spawn(cmd: list[str], **kw) -> subprocess.Popen:
+    """Popen in a new session (process group id = its pid), registered to be stopped."""
+    return track(subprocess.Popen(cmd, start_new_session=True, **kw))
+
+
+def track(item):
+    """Register a Popen from `spawn`, or a callable that stops something (infra/stack.sh stop)."""
+    _STARTED.append(item)
+    return item
+
+
+def _members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of a process group."""
+    if not os.path.isdir("/proc"):
+        try:
+            os.killpg(pgid, 0)
+            return [pgid]
+        except OSError:
+            return []
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:   # it just exited
+            continue
+        state, _, pgrp = stat[stat.rindex(")") + 2:].split()[:3]   # after "pid (comm) "
+        if state != "Z" and int(pgrp) == pgid:
+            found.append(int(pid))
+    return found
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def stop(item, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+    """Stop a spawned process and everything in its process group (MLflow's uvicorn workers, a
+    worker's Prefect server): `sig`, up to `timeout` s, then SIGKILL for whatever is left."""
+    try:
+        if callable(item):
+            item()
+            return
+        if item.poll() is None:
+            _killpg(item.pid, sig)
+        deadline = time.monotonic() + timeout
+        while (item.poll() is None or _members(item.pid)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        _killpg(item.pid, signal.SIGKILL)
+        item.wait()
+        deadline = time.monotonic() + 5
+        while _members(item.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        if item in _STARTED:   # unregistered only once stopped: a second signal still reaches it
+            _STARTED.remove(item)
+
+
+def stop_all() -> None:
+    """Stop everything still registered, newest first (e.g. MLflow before the S3 it writes to)."""
+    while _STARTED:
+        item = _STARTED[-1]
+        try:
+            stop(item, timeout=10)
+        except Exception as e:  # noqa: BLE001  (keep stopping the others)
+            print(f"servers: could not stop {item}: {e}", file=sys.stderr)
+
+
+_signalled = False
+
+
+def _on_signal(signum, frame):
+    global _signalled
+    if _signalled:   # a second signal: no more graceful waits
+        for item in _STARTED:
+            if isinstance(item, subprocess.Popen):
+                _killpg(item.pid, signal.SIGKILL)
+        os._exit(128 + signum)
+    _signalled = True
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM/SIGHUP end pytest like Ctrl-C: fixtures are torn down and servers stopped."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _on_signal)
+
+
+atexit.register(stop_all)
 
 
 def _weed() -> str | None:
@@ -60,8 +162,7 @@ def start_weed(root: Path):
     endpoint = f"http://127.0.0.1:{base}"
     t0 = time.monotonic()
     with open(root / "weed.log", "wb") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        proc = spawn(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         while True:
             if proc.poll() is not None:
@@ -77,12 +178,7 @@ def start_weed(root: Path):
             time.sleep(0.1)
         yield {"endpoint": endpoint, "key": key, "secret": secret, "startup_s": time.monotonic() - t0}
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop(proc, signal.SIGINT)   # weed's graceful shutdown
         for port in (base + 10000 + i for i in range(5)):  # gRPC sockets weed puts in /tmp
             for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
                 sock.unlink(missing_ok=True)
@@ -110,16 +206,6 @@ def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90) 
             time.sleep(0.3)
 
 
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 def start_mlflow(root: Path, s3: dict, bucket: str, port: int | None = None) -> tuple[subprocess.Popen, str]:
     """An MLflow tracking server (sqlite) proxying artifacts to s3://bucket/mlflow."""
     port = port or free_port()
@@ -130,10 +216,10 @@ def start_mlflow(root: Path, s3: dict, bucket: str, port: int | None = None) -> 
     mlflow = str(Path(sys.executable).parent / "mlflow")
     log = root / f"mlflow-{port}.log"
     with open(log, "ab") as f:
-        proc = subprocess.Popen([mlflow, "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-                                 "--artifacts-destination", f"s3://{bucket}/mlflow", "--host", "127.0.0.1",
-                                 "--port", str(port), "--workers", "1"], env=env, stdout=f, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = spawn([mlflow, "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+                      "--artifacts-destination", f"s3://{bucket}/mlflow", "--host", "127.0.0.1",
+                      "--port", str(port), "--workers", "1"], env=env, stdout=f, stderr=subprocess.STDOUT,
+                     stdin=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(url + "/health", proc, log)

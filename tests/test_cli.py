@@ -51,3 +51,43 @@ def test_progress_bars_only_at_a_terminal(monkeypatch):
     assert progress.enabled() and list(progress.track(iter(range(3)), "x", total=3)) == [0, 1, 2]
     monkeypatch.setenv("CLIP_UNLEARN_PROGRESS", "0")
     assert not progress.enabled()
+
+
+def _one_line(res) -> bool:
+    return len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output
+
+
+def test_request_files_that_are_not_json_text_exit_2_in_one_line(tiny_params, tmp_path):
+    from clip_unlearn.erasure.requests import MAX_REQUEST_BYTES
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(tiny_params.model_dump()))
+    files = {"binary": (b"\x00\x01\x02garbage", "a binary file (NUL byte at offset 0)"),
+             "latin1": ('{"id": "café"}'.encode("latin-1"), "not UTF-8 text (byte 0xe9 at offset 11)"),
+             "empty": (b"", "empty file"),
+             "blank": (b" \n\t\n", "empty file"),
+             "huge": (b'{"id": "' + b"a" * MAX_REQUEST_BYTES + b'"}', "larger than 1 MiB"),
+             "deep": (b"[" * 100_000, "JSON nested too deeply"),
+             "list": (b"[1, 2]", "must be a JSON object"),
+             "long": (json.dumps({"reason": "x" * 900_000}).encode(), "reason: String should have at most 2000")}
+    for name, (body, msg) in files.items():
+        (tmp_path / f"{name}.json").write_bytes(body)
+        for cmd in (["submit", str(tmp_path / f"{name}.json")], ["erase", "--request", str(tmp_path / f"{name}.json")]):
+            res = runner.invoke(app, [*cmd, "-p", str(params)])
+            assert res.exit_code == 2 and msg in res.output and _one_line(res), (name, res.output[:500])
+            assert len(res.output) < 3000
+    for path, msg in ((tmp_path / "missing.json", "no such request file"), (tmp_path, "not a regular file")):
+        res = runner.invoke(app, ["submit", str(path), "-p", str(params)])
+        assert res.exit_code == 2 and msg in res.output and _one_line(res)
+
+
+def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(tiny_params, tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(tiny_params.model_dump()))
+    args = ["evaluate", "-p", str(params), "--model", str(tmp_path / "no-such-model")]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and "unknown model" in res.output and _one_line(res), res.output
+    res = runner.invoke(app, ["--debug", *args])
+    assert res.exit_code == 2 and "Traceback (most recent call last)" in res.output and "unknown model" in res.output
+    res = runner.invoke(app, ["data", "-p", str(tmp_path / "nope.yaml")])
+    assert res.exit_code == 2 and "no such params file" in res.output and _one_line(res)

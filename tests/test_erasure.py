@@ -258,6 +258,44 @@ def test_cli_submit_refuses_unknown_names_and_s3_down_loses_nothing(env, stack, 
     assert store.state("s3down")["state"] == "pending"
 
 
+def test_cli_refuses_unknown_model_version_or_alias_at_the_door(env, stack, tmp_path):
+    """submit and erase check the model and base against the registry before anything is queued or
+    started; the message lists what exists. Registry down: exit 3, fast, nothing queued."""
+    import time
+
+    from typer.testing import CliRunner
+
+    from clip_unlearn.cli import app
+    from servers import free_port
+
+    runner, store = CliRunner(), RequestStore(env["params"].storage)
+    cases = [({"model": "nope"}, ["no registered model 'nope' (registered: ", env["name"]]),
+             ({"base": "7"}, [f"{env['name']}: no version '7' (aliases: champion->v1; versions: 1)"]),
+             ({"base": "gold"}, [f"{env['name']}: no alias 'gold' (aliases: champion->v1; versions: 1)"])]
+    for i, (change, msgs) in enumerate(cases):
+        f = tmp_path / f"door-{i}.json"
+        f.write_text(json.dumps(request(env, f"door-{i}").model_dump() | change))
+        for cmd in (["submit", str(f)], ["erase", "--request", str(f)]):
+            res = runner.invoke(app, [*cmd, "-p", env["path"]])
+            assert res.exit_code == 2 and all(m in res.output for m in msgs), res.output
+            assert len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output
+    down = env["params"].model_copy(update={"registry": env["params"].registry.model_copy(
+        update={"tracking_uri": f"http://127.0.0.1:{free_port()}"})})
+    dpath = tmp_path / "down.yaml"
+    dpath.write_text(yaml.safe_dump(json.loads(down.model_dump_json())))
+    f = tmp_path / "door-ok.json"
+    f.write_text(json.dumps(request(env, "door-ok").model_dump()))
+    for cmd in (["submit", str(f)], ["erase", "--request", str(f)]):
+        t0 = time.monotonic()
+        res = runner.invoke(app, [*cmd, "-p", str(dpath)])
+        assert res.exit_code == 3 and "unreachable" in res.output and time.monotonic() - t0 < 30, res.output
+    assert not [i for i in store.ids() if i.startswith("door-")]             # nothing queued
+    assert not [d for d in Path(env["params"].erase.workdir).glob("door-*")]  # nothing started
+    assert [v.version for v in reg.versions(env["client"], env["name"])] == ["1"]
+    assert runner.invoke(app, ["submit", str(f), "-p", env["path"]]).exit_code == 0   # a good one passes
+    assert store.state("door-ok")["state"] == "pending"
+
+
 @pytest.mark.slow
 def test_mlflow_stopped_mid_queue_then_restarted(env, stack, prefect_harness):
     """The tracking server really stops (its process is killed): the request is recorded as

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from servers import free_base_port, free_port
+from servers import free_base_port, free_port, stop, track
 
 REPO = Path(__file__).resolve().parents[1]
 UNLEARN = str(Path(sys.executable).parent / "unlearn")
@@ -51,8 +51,10 @@ def test_scheduled_deployment_processes_a_pending_request(tmp_path, tiny_params)
     from clip_unlearn.models import load_model, save_model
 
     env = _stack_env(tmp_path)
-    subprocess.run(["bash", "infra/stack.sh", "start"], cwd=REPO, env=env, check=True, timeout=300)
+    # registered before it starts: an interrupted start still leaves pid files for `stop` to read
+    stop_stack = track(lambda: subprocess.run(["bash", "infra/stack.sh", "stop"], cwd=REPO, env=env, timeout=120))
     try:
+        subprocess.run(["bash", "infra/stack.sh", "start"], cwd=REPO, env=env, check=True, timeout=300)
         env = _with_stack_env(env)
         params = json.loads(tiny_params.model_dump_json())
         params["forget"]["method"] = "projection"
@@ -82,4 +84,4 @@ def test_scheduled_deployment_processes_a_pending_request(tmp_path, tiny_params)
         listing = _cli(env, "models", "list", "-p", str(ppath)).stdout
         assert "champion" in listing.splitlines()[-1] and "sched-1" in listing
     finally:
-        subprocess.run(["bash", "infra/stack.sh", "stop"], cwd=REPO, env=env, timeout=120)
+        stop(stop_stack)

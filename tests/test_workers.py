@@ -20,6 +20,7 @@ import yaml
 from clip_unlearn.erasure import registry as reg
 from clip_unlearn.erasure import steps
 from clip_unlearn.erasure.requests import ErasureRequest, RequestStore
+from servers import spawn, stop
 from test_erasure import LENIENT
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,8 +43,9 @@ def _worker(params_path: str, home: Path) -> subprocess.Popen:
     env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_API_URL="")
     env.pop("PREFECT_API_URL")
     home.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen([sys.executable, "-m", "flows.process", params_path], cwd=REPO, env=env,
-                            stdout=open(home / "out.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    with open(home / "out.log", "wb") as log:
+        return spawn([sys.executable, "-m", "flows.process", params_path], cwd=REPO, env=env, stdout=log,
+                     stderr=subprocess.STDOUT)
 
 
 def _req(model: str, i: int) -> ErasureRequest:
@@ -63,8 +65,12 @@ def test_fifty_requests_two_workers_none_lost_none_doubled(tiny_params, stack, t
         assert store.submit(_req(models[i % 2], i)) == "created"
     t0 = time.monotonic()
     workers = [_worker(path, tmp_path / f"w{k}") for k in range(2)]
-    for w in workers:
-        assert w.wait(timeout=1500) == 0, (tmp_path / "w0" / "out.log").read_text()[-3000:]
+    try:
+        for w in workers:
+            assert w.wait(timeout=1500) == 0, (tmp_path / "w0" / "out.log").read_text()[-3000:]
+    finally:
+        for w in workers:
+            stop(w)   # and whatever a worker left in its process group
     seconds = time.monotonic() - t0
     states = {rid: store.state(rid) for rid in store.ids()}
     assert Counter(s["state"] for s in states.values()) == Counter({"done": 50})
@@ -95,12 +101,14 @@ def test_worker_killed_mid_job_the_request_completes_exactly_once(tiny_params, s
     while store.state("load-007")["state"] != "running":
         assert time.monotonic() < deadline and w.poll() is None
         time.sleep(0.2)
-    os.killpg(w.pid, signal.SIGKILL)
-    w.wait()
+    stop(w, signal.SIGKILL)   # the whole process group, at once
     assert store.state("load-007")["state"] == "running"     # stuck with a lease that will expire
     time.sleep(9)
     w2 = _worker(path, tmp_path / "rescuer")
-    assert w2.wait(timeout=300) == 0, (tmp_path / "rescuer" / "out.log").read_text()[-3000:]
+    try:
+        assert w2.wait(timeout=300) == 0, (tmp_path / "rescuer" / "out.log").read_text()[-3000:]
+    finally:
+        stop(w2)
     st = store.state("load-007")
     assert st["state"] == "done" and st["attempts"] == 2
     assert len(reg.find(reg.client(p.registry), model, request_id="load-007")) == 1

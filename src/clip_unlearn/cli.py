@@ -11,6 +11,7 @@
     unlearn models list|promote|rollback|history|register
     unlearn report REQUEST_ID    # the certificate of a request (--verify: signature, hashes)
 Exit codes: 0 ok, 1 verification failed / request failed, 2 bad input, 3 a server unreachable.
+Every failure is one line on stderr with its exit code; `unlearn --debug ...` also prints the traceback.
 """
 
 from __future__ import annotations
@@ -20,31 +21,81 @@ import sys
 from contextlib import contextmanager
 from typing import Optional
 
+import click
 import typer
+from typer.core import TyperGroup
 
 import clip_unlearn  # noqa: F401
 from clip_unlearn.config import ConfigError, load_params
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+_DEBUG = False   # --debug: print the traceback of a failure too
+
+
+def _say(msg: str) -> None:
+    """One red line on stderr: credentials scrubbed, lines joined, capped, any character printable."""
+    from clip_unlearn.storage import scrub
+
+    line = "; ".join(part.strip() for part in scrub(msg).splitlines() if part.strip())
+    line = line if len(line) <= 2000 else line[:2000] + "..."
+    typer.secho(line.encode("utf-8", "backslashreplace").decode("utf-8"), fg="red", err=True)
+
+
+def _error(e: BaseException, code: int) -> typer.Exit:
+    if _DEBUG:
+        import traceback
+
+        traceback.print_exception(e)
+    _say(f"error: {e}")
+    return typer.Exit(code)
+
+
+def _exit_code(e: BaseException) -> int:
+    """3 a server unreachable, 2 bad input, 1 anything else that failed."""
+    from clip_unlearn.erasure.registry import RegistryError
+    from clip_unlearn.erasure.steps import is_transient
+
+    if isinstance(e, (ValueError, RegistryError)):   # ConfigError, an unknown model name, bad text
+        return 2
+    if is_transient(e):
+        return 3
+    return 2 if isinstance(e, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)) else 1
+
+
+class _Group(TyperGroup):
+    """Turns any exception a command lets through into one line and its exit code."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise _error(e, _exit_code(e)) from None
+
+
+app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True,
                   help="clip-unlearn: erase classes or subgroups from CLIP models and prove it.")
 PARAMS = typer.Option("params.yaml", "--params", "-p", help="params file")
+
+
+@app.callback()
+def _options(debug: bool = typer.Option(False, "--debug", help="on a failure, also print its traceback")):
+    global _DEBUG
+    _DEBUG = debug
 
 
 def _params(path: str):
     try:
         return load_params(path)
-    except ConfigError as e:
-        typer.secho(str(e), fg="red", err=True)
-        raise typer.Exit(2)
+    except (ConfigError, OSError, UnicodeDecodeError) as e:
+        raise _error(e, 2)
 
 
 def _fail(e: Exception) -> typer.Exit:
     """Print a user-facing error (credentials scrubbed) and pick the exit code."""
     from clip_unlearn.erasure.steps import is_transient
-    from clip_unlearn.storage import scrub
 
-    typer.secho(scrub(f"error: {e}"), fg="red", err=True)
-    return typer.Exit(3 if is_transient(e) else 2)
+    return _error(e, 3 if is_transient(e) and not isinstance(e, ConfigError) else 2)
 
 
 @contextmanager
@@ -218,13 +269,9 @@ def _request(p, request_file: Optional[str], rid: Optional[str], dataset, cls, w
     from clip_unlearn.erasure.requests import parse_request
 
     if request_file:
-        from pathlib import Path
+        from clip_unlearn.erasure.requests import read_request_file
 
-        path = Path(request_file)
-        if not path.is_file():
-            typer.secho(f"{path}: no such request file", fg="red", err=True)
-            raise typer.Exit(2)
-        return parse_request(path.read_text(), str(path))
+        return read_request_file(request_file)
     d = p.default_request().model_dump()
     try:
         conds = dict(w.split("=", 1) for w in (where or []))
@@ -242,7 +289,9 @@ def _request(p, request_file: Optional[str], rid: Optional[str], dataset, cls, w
     return parse_request(d, "request")
 
 
-def _check_names(p, req) -> None:
+def _check_request(p, req) -> None:
+    """Before anything is queued or started: names against the dataset, model and base against the registry."""
+    from clip_unlearn.erasure.registry import check_base
     from clip_unlearn.unlearning.context import cached_split
 
     try:
@@ -250,6 +299,7 @@ def _check_names(p, req) -> None:
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError(f"dataset {req.dataset!r}: {e}") from None
     req.forget_request().check(ds.classes, ds.attributes)
+    check_base(p.registry, req.model, req.base)
 
 
 REQ_OPTS = dict(
@@ -275,7 +325,10 @@ def erase(params: str = PARAMS, request_file: Optional[str] = REQ_OPTS["request_
     p = _params(params)
     try:
         req = _request(p, request_file, rid, dataset, cls, where, method, model, requester, reason)
-        _check_names(p, req)
+        _check_request(p, req)
+        from clip_unlearn import storage
+
+        storage.exists(p.storage, storage.safe_key("requests", req.id, "request.json"))   # S3 answers
         from flows.erase import erase as erase_flow
 
         out = erase_flow(request=req.model_dump(), params_path=params)
@@ -318,7 +371,7 @@ def submit(request_file: str = typer.Argument(..., help="request JSON file (docs
 
     try:
         req = _request(p, request_file, None, None, None, None, None, None, None, None)
-        _check_names(p, req)
+        _check_request(p, req)
         outcome = RequestStore(p.storage).submit(req)
     except _erasure_errors() as e:
         raise _fail(e)

@@ -40,7 +40,9 @@ def format_errors(err: ValidationError, model: type[BaseModel], source: str) -> 
         elif e["type"] == "value_error":  # our own validators already say what was wrong
             lines.append(f"{source}: {path}: {e['msg'].removeprefix('Value error, ')}")
         else:
-            lines.append(f"{source}: {path}: {e['msg']} (got {e.get('input')!r})")
+            got = repr(e.get("input"))
+            got = got if len(got) <= 80 else got[:77] + "..."   # a 1 MB field must not fill the screen
+            lines.append(f"{source}: {path}: {e['msg']} (got {got})")
     return "\n".join(lines)
 
 

@@ -2,6 +2,7 @@
 
     c = client(cfg)                                   # RegistryError if no tracking server is set
     mv = resolve(c, "clip-ref", "champion")          # alias or version number
+    check_base(cfg, "clip-ref", "3")                  # the same, after a quick reachability check
     path = fetch(mv, storage_cfg, "runs/base")        # weights checked against the version's sha256
     move_alias(c, storage_cfg, "clip-ref", "champion", "3", why="request gdpr-42 passed", expect="2")
 
@@ -55,6 +56,32 @@ def client(cfg: RegistryConfig):
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=tracking_uri(cfg), registry_uri=tracking_uri(cfg))
+
+
+def ping(cfg: RegistryConfig, timeout: float = 10.0) -> None:
+    """Fail fast (ConnectionError) if an http(s) tracking server does not answer: MLflow's own
+    client retries a refused connection for about 4 minutes before it gives up."""
+    import urllib.error
+    import urllib.request
+
+    uri = tracking_uri(cfg)
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        pass   # it answered
+    except (OSError, ValueError) as e:
+        where = storage.scrub(storage._redact_url(uri))
+        raise ConnectionError(f"MLflow tracking server {where} is unreachable ({getattr(e, 'reason', e)}); "
+                              "nothing was changed. Start it (bash infra/stack.sh start) or retry later.") from None
+
+
+def check_base(cfg: RegistryConfig, name: str, ref: str):
+    """The version a request would erase from, checked before anything is queued or started:
+    RegistryError lists what exists; ConnectionError if the registry is unreachable."""
+    ping(cfg)
+    return resolve(client(cfg), name, ref)
 
 
 def actor() -> str:

@@ -20,6 +20,7 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from pydantic import Field, field_validator
 
@@ -32,6 +33,7 @@ from clip_unlearn.storage import ObjectNotFound, StorageConfig
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 PREFIX = "requests"
+MAX_REQUEST_BYTES = 2**20   # a request file larger than this is refused (docs/requests.md)
 FINAL = ("done", "failed")
 
 
@@ -91,10 +93,37 @@ def parse_request(data: dict | str, source: str = "request") -> ErasureRequest:
             data = json.loads(data)
         except json.JSONDecodeError as e:
             raise ConfigError(f"{source}: not valid JSON ({e})") from None
+        except RecursionError:
+            raise ConfigError(f"{source}: JSON nested too deeply") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: must be a JSON object with the fields of ErasureRequest "
                           f"({', '.join(ErasureRequest.model_fields)})")
     return validate(ErasureRequest, data, source)
+
+
+def read_request_file(path: str | Path) -> ErasureRequest:
+    """A request from a JSON file: UTF-8 text (a BOM is allowed), not empty, at most MAX_REQUEST_BYTES."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: {'not a regular file' if path.exists() else 'no such request file'}")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_REQUEST_BYTES + 1)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the request file ({e.strerror or e})") from None
+    if len(raw) > MAX_REQUEST_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_REQUEST_BYTES // 2**20} MiB, the limit for a request file")
+    nul = raw.find(b"\0")
+    if nul >= 0:
+        raise ConfigError(f"{path}: a binary file (NUL byte at offset {nul}), not a JSON request")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); "
+                          "save the request as UTF-8 JSON") from None
+    if not text.strip():
+        raise ConfigError(f"{path}: empty file; a request is a JSON object (docs/requests.md)")
+    return parse_request(text, str(path))
 
 
 @dataclass
