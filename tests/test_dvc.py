@@ -55,7 +55,7 @@ def test_dvc_repro_runs_then_is_a_no_op(tmp_path, stack):
     run(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], work)
     assert (tmp_path / "plots" / "index.html").is_file()
 
-    params["methods"]["projection"]["lam"] = 0.01  # a method param reruns unlearn and after, only
+    params["methods"]["projection"]["lam"] = 0.02  # a method param reruns unlearn and after, only
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     second = run(["dvc", "repro"], work)
     ran = {s for s in ("data", "reference", "evaluate", "synthesize", "unlearn", "verify", "register")

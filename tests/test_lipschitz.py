@@ -4,11 +4,11 @@ import torch
 from clip_unlearn.models import load_model
 from clip_unlearn.schema import ConfigError, validate
 from clip_unlearn.unlearning.context import DataFreeViolation, UnlearnContext
-from clip_unlearn.unlearning.lipschitz import (FROZEN, LipschitzConfig, image_tower, lipschitz, run_schedule,
-                                               select_top_k, text_tower)
+from clip_unlearn.unlearning.lipschitz import (FROZEN, LipschitzConfig, freeze_batch_norm, image_tower, lipschitz,
+                                               run_schedule, select_top_k, text_tower)
 from clip_unlearn.unlearning.request import ForgetRequest
 from clip_unlearn.unlearning.runner import run_method
-from clip_unlearn.unlearning.synthesize import SynthesisConfig
+from clip_unlearn.unlearning.synthesize import SynthesisConfig, templates_for
 from clip_unlearn.unlearning.targets import TargetsConfig, check_targets
 from clip_unlearn.templates import zero_shot_templates
 from clip_unlearn.zero_shot import class_vectors
@@ -20,8 +20,7 @@ def test_select_top_k_picks_largest_mean_abs_grad_and_never_a_frozen_tensor():
         "visual.b": torch.tensor([10.0, 0, 0, 0]),  # mean |g| 2.5 (sum would rank it first)
         "visual.c": torch.full((2, 2), 1.0),
         "visual.d": torch.full((8,), 0.5),
-        "visual.proj": torch.full((4,), 100.0),     # frozen, largest
-        "text_projection": torch.full((4,), 50.0),  # frozen
+        "text_projection": torch.full((4,), 50.0),  # frozen, largest
         "logit_scale": torch.tensor(70.0),          # frozen
         "visual.none": None,                        # no gradient
     }
@@ -29,14 +28,40 @@ def test_select_top_k_picks_largest_mean_abs_grad_and_never_a_frozen_tensor():
     assert select_top_k(grads, 3) == {"visual.a", "visual.b", "visual.c"}
     assert select_top_k(grads, 100) == {"visual.a", "visual.b", "visual.c", "visual.d"}
     assert select_top_k(grads, 0) == set()
+    # visual.proj is a candidate like any image-tower tensor (the authors': everything in model.visual)
+    assert select_top_k({**grads, "visual.proj": torch.full((4,), 100.0)}, 1) == {"visual.proj"}
 
 
-def test_towers_exclude_projections_embeddings_final_norm_and_temperature():
+def test_towers_as_the_authors_visual_proj_included_text_projection_and_embeddings_not():
     model = load_model("clip-ref-tiny", device="cpu").model
     names = set(image_tower(model)) | set(text_tower(model))
     assert not names & set(FROZEN)
-    assert "visual.conv1.weight" in names and "transformer.resblocks.0.attn.in_proj_weight" in names
-    assert len(image_tower(model)) == 55 and len(text_tower(model)) == 48
+    assert "visual.proj" in names and "visual.class_embedding" in names and "visual.conv1.weight" in names
+    assert "transformer.resblocks.0.attn.in_proj_weight" in names
+    assert not any(n.startswith(("text_projection", "token_embedding", "positional_embedding", "ln_final"))
+                   for n in names)
+    assert len(image_tower(model)) == 56 and len(text_tower(model)) == 48
+
+
+def test_resnet_image_tower_excludes_the_authors_freeze_rn_list():
+    """Their FREEZE_RN (frozen_params.py): conv and downsample weights, the attention pool's positional embedding;
+    BatchNorm tensors are frozen too (their freeze_batch_norm), leaving the attention pool's projections."""
+    from open_clip.modified_resnet import ModifiedResNet
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.visual = ModifiedResNet(layers=(1, 1, 1, 1), output_dim=16, heads=2, image_size=64, width=8)
+            self.transformer = torch.nn.Linear(2, 2)
+
+    model = Tiny()
+    assert sorted(image_tower(model)) == sorted(f"visual.attnpool.{p}_proj.{w}" for p in "qkvc"
+                                                for w in ("weight", "bias"))
+    assert set(text_tower(model)) == {"transformer.weight", "transformer.bias"}
+    model.train()
+    freeze_batch_norm(model)
+    assert not model.visual.bn1.training and not model.visual.layer1[0].downsample[-1].training
+    assert model.visual.attnpool.training
 
 
 class _Scripted:
@@ -84,6 +109,19 @@ def test_schedule_restores_optimizer_and_keeps_the_best_checkpoint():
     assert out["best_accuracy"] == 0.5
 
 
+def test_schedule_falls_back_to_the_last_rolled_back_epoch_as_the_authors():
+    run = _Scripted([0.5, 0.9, 0.9])
+    out = run_schedule(run.model, run.opt, run.train_epoch, run.accuracy, [(0.1, 1, 1), (0.3, 2, 2)], 0.0, 30,
+                       log=lambda s: None, fallback="last")
+    assert [c[3] for c in run.calls] == [0.0, 0.0]  # both epochs started from the rolled-back start
+    assert float(run.model.weight.detach()) == 1.0 and out["fallback_to_last"] is True
+    run = _Scripted([0.5, 0.4, 0.9, 0.9])  # one epoch kept: the best checkpoint, no fallback
+    out = run_schedule(run.model, run.opt, run.train_epoch, run.accuracy, [(0.1, 1, 1), (0.3, 2, 2)], 0.0, 30,
+                       log=lambda s: None, fallback="last")
+    assert float(run.model.weight.detach()) == 1.0 and out["fallback_to_last"] is False
+    assert LipschitzConfig().fallback == "last"
+
+
 def test_schedule_stops_at_max_epochs():
     run = _Scripted([1.0, 0.9, 0.8, 0.7])
     out = run_schedule(run.model, run.opt, run.train_epoch, run.accuracy, [(0.1, 1, 1)], 0.1, 3, log=lambda s: None)
@@ -95,10 +133,21 @@ def test_config_checks_schedule_lengths():
         validate(LipschitzConfig, {"sigmas": [0.1, 0.2], "k_add": [0]}, "methods.lipschitz")
     assert LipschitzConfig().schedule()[0] == (0.1, 9, 8)
     assert LipschitzConfig().schedule()[-1] == (2.0, 16, 15)
+    # their RN50 text schedule grows faster than the image one
+    rn = LipschitzConfig(k_v=5, k_t=5, k_add=[0, 2, 5, 8, 10, 15, 20], k_add_t=[0, 2, 7, 13, 20, 25, 30, 35, 40])
+    assert rn.schedule()[2] == (0.5, 10, 12) and rn.schedule()[-1] == (2.0, 25, 35)
+    with pytest.raises(ConfigError, match="k_add_t"):
+        validate(LipschitzConfig, {"k_add_t": [0, 1]}, "methods.lipschitz")
+
+
+def test_synthesis_and_rollback_use_one_template_as_the_authors():
+    assert SynthesisConfig().template == "a photo of a {c}."
+    assert templates_for("digits", LipschitzConfig().synthesis) == ["a photo of a {c}."]
+    assert templates_for("digits", SynthesisConfig(template=None)) == zero_shot_templates("digits")
 
 
 # A random tiny model reaches these low thresholds for "crescent" within a few steps.
-EASY = SynthesisConfig(per_class=4, max_steps=20, p_high=0.2, p_floor=0.11, batch_size=4, max_tries=8)
+EASY = SynthesisConfig(per_class=4, max_steps=20, p_high=0.2, p_floor=0.11, batch_size=4, max_tries=8, template=None)
 
 
 def test_lipschitz_is_data_free_and_changes_only_the_selected_towers(tiny_params):
@@ -110,12 +159,12 @@ def test_lipschitz_is_data_free_and_changes_only_the_selected_towers(tiny_params
     with pytest.raises(DataFreeViolation):
         ctx.forget_set()
     before = {n: p.detach().clone() for n, p in bundle.model.named_parameters()}
-    cfg = LipschitzConfig(lr=2e-2, n_noise=2, max_epochs=2, synthesis=EASY)
+    cfg = LipschitzConfig(lr=2e-2, n_noise=2, max_epochs=2, synthesis=EASY, exclude=["visual.conv1.weight"])
     info = lipschitz(bundle, ctx, cfg)
     assert info["synthetic"]["source"] == "synthesized" and info["synthetic"]["n"] == 4
     assert info["history"][0]["accuracy"] == 1.0 and info["best_accuracy"] < 1.0
     changed = {n for n, p in bundle.model.named_parameters() if not torch.equal(p, before[n])}
-    assert not changed & set(FROZEN)
+    assert not changed & set(FROZEN) and "visual.conv1.weight" not in changed
     assert not any(n.startswith(("positional_embedding", "token_embedding")) for n in changed)
     # two kept Adam steps, each on at most k_v + k_t tensors
     assert 0 < len(changed) <= 2 * (cfg.k_v + cfg.k_t)
@@ -133,7 +182,8 @@ def test_run_method_uses_the_context_synthetic_set(tiny_params):
     c = int(pred.mode().values)  # the class these random images look like: synthetic accuracy starts at 1
     x, y = x[pred == c], pred[pred == c]
     res = run_method(bundle, ForgetRequest(dataset="digits", classes=[classes[c]]), "lipschitz",
-                     {"lr": 2e-2, "n_noise": 2, "max_epochs": 1}, tiny_params.data.root, synthetic=lambda: (x, y),
+                     {"lr": 2e-2, "n_noise": 2, "max_epochs": 1, "synthesis": {"template": None}}, tiny_params.data.root,
+                     synthetic=lambda: (x, y),
                      log=lambda s: None)
     assert res["info"]["synthetic"] == {"source": "context", "n": len(y)}
     assert res["info"]["history"][0]["accuracy"] == 1.0

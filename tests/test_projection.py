@@ -6,7 +6,11 @@ import torch
 from clip_unlearn.clip_ops import encode_images
 from clip_unlearn.models import load_model
 from clip_unlearn.unlearning import ForgetRequest, run_method
-from clip_unlearn.unlearning.projection import apply_to_visual, plain_projection, retention_projection
+from clip_unlearn.templates import zero_shot_templates
+from clip_unlearn.unlearning.context import UnlearnContext
+from clip_unlearn.unlearning.projection import (ProjectionConfig, apply_to_visual, forget_directions, plain_projection,
+                                                projection, retention_projection)
+from clip_unlearn.zero_shot import class_vectors
 from clip_unlearn.unlearning.targets import check_targets
 
 E = torch.eye(3)
@@ -59,3 +63,38 @@ def test_projection_meets_class_targets_on_the_reference(reference_params):
     checks = check_targets(res["before"], res["after"], p.targets, subgroup=False)
     assert all(checks.values()), (checks, res["before"], res["after"])
     assert res["info"]["rank"] == 1
+
+
+def test_centered_projection_puts_the_forget_logit_at_the_mean_logit():
+    """Plain: the forget class's logit is 0 for every image. Centered (w_f - mean w projected out): it equals the
+    mean logit over all classes, so the forgotten class can no longer be an image's only argmax."""
+    torch.manual_seed(0)
+    w = torch.nn.functional.normalize(torch.randn(6, 16) + 2.0, dim=-1)  # correlated class vectors (common part)
+    feats = w[2] + 0.05 * torch.randn(64, 16)                             # "images" of class 2
+    assert bool(((feats @ w.T).argmax(-1) == 2).all())
+    plain = feats @ plain_projection(forget_directions(w, [2])).T
+    assert plain @ w[2] == pytest.approx(torch.zeros(64), abs=1e-5)
+    centered = feats @ plain_projection(forget_directions(w, [2], center=True)).T
+    logits = centered @ w.T
+    assert torch.allclose(logits[:, 2], logits.mean(-1), atol=1e-5)
+    assert not bool((logits.argmax(-1) == 2).any())
+    assert torch.allclose(forget_directions(w, [2, 4]), w[[2, 4]].T)
+
+
+def test_projection_config_default_is_the_centered_retention_form():
+    cfg = ProjectionConfig()
+    assert cfg.center and cfg.form == "retention" and cfg.lam == 0.01
+
+
+def test_projection_method_applies_the_centered_form(tiny_params):
+    torch.manual_seed(0)
+    bundle = load_model("clip-ref-tiny", device="cpu")
+    proj = bundle.model.visual.proj.detach().clone()
+    ctx = UnlearnContext(ForgetRequest(dataset="shapes", classes=["ring"]), data_root=tiny_params.data.root,
+                         data_free=True, log=lambda s: None)
+    info = projection(bundle, ctx, ProjectionConfig(form="plain"))
+    assert info["center"] is True and info["rank"] == 1
+    w = class_vectors(bundle, ctx.classes, zero_shot_templates("shapes"))
+    u = torch.nn.functional.normalize(w[ctx.classes.index("ring")] - w.mean(0), dim=0)
+    assert (bundle.model.visual.proj @ u).abs().max() < 1e-4          # the centered direction is gone
+    assert (proj @ u).abs().max() > 1e-2

@@ -8,13 +8,12 @@ from clip_unlearn.clip_ops import pixel_bounds
 from clip_unlearn.models import load_model
 from clip_unlearn.schema import ConfigError, validate
 from clip_unlearn.unlearning.synthesize import (SynthesisConfig, gaussian_blur, load_synthetic, save_synthetic,
-                                                synthesize, synthetic_accuracy)
-from clip_unlearn.templates import zero_shot_templates
+                                                synthesize, synthetic_accuracy, templates_for)
 from clip_unlearn.zero_shot import class_vectors
 
 SHAPES = ["circle", "square", "triangle", "star", "cross", "ring", "crescent", "heart", "arrow", "hourglass"]
 # A random tiny model reaches these low thresholds for circle (0) and crescent (6) within a few steps.
-EASY = SynthesisConfig(per_class=4, max_steps=20, p_high=0.2, p_floor=0.11, batch_size=4, max_tries=16)
+EASY = SynthesisConfig(per_class=4, max_steps=20, p_high=0.2, p_floor=0.11, batch_size=4, max_tries=16, template=None)
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +32,7 @@ def test_accepted_images_satisfy_the_acceptance_rule(random_bundle, syn):
     assert syn.x.shape == (8, 3, 32, 32) and syn.x.device.type == "cpu"
     lo, hi = pixel_bounds(random_bundle)
     assert bool((syn.x >= lo - 1e-6).all() and (syn.x <= hi + 1e-6).all())
-    w = class_vectors(random_bundle, SHAPES, zero_shot_templates("shapes"))
+    w = class_vectors(random_bundle, SHAPES, templates_for("shapes", EASY))  # one template, as the authors
     with torch.no_grad():
         probs = (100 * torch.nn.functional.normalize(random_bundle.model.encode_image(syn.x), dim=-1) @ w.T).softmax(-1)
     assert torch.equal(probs.argmax(-1), syn.labels)
@@ -95,3 +94,19 @@ def test_gaussian_blur_keeps_constants_and_smooths():
 def test_config_rejects_floor_above_start():
     with pytest.raises(ConfigError, match="p_floor"):
         validate(SynthesisConfig, {"p_high": 0.5, "p_floor": 0.6}, "methods.lipschitz.synthesis")
+
+
+def test_authors_rescale_accepts_and_returns_the_min_max_rescaled_image(random_bundle):
+    """Their quirk (clip_forget_imagegen.py): what is accepted and trained is the min-max rescale of the ascent
+    tensor, so every returned image spans exactly [0, 1] in pixels, and it satisfies the acceptance rule."""
+    cfg = EASY.model_copy(update={"authors_rescale": True})
+    syn = synthesize(random_bundle, SHAPES, [6], "shapes", cfg, seed=0, log=lambda s: None)
+    mean = torch.tensor(random_bundle.mean).view(1, 3, 1, 1)
+    std = torch.tensor(random_bundle.std).view(1, 3, 1, 1)
+    pixels = (syn.x * std + mean).flatten(1)
+    assert torch.allclose(pixels.min(1).values, torch.zeros(len(syn)), atol=1e-5)
+    assert torch.allclose(pixels.max(1).values, torch.ones(len(syn)), atol=1e-5)
+    w = class_vectors(random_bundle, SHAPES, templates_for("shapes", cfg))
+    assert synthetic_accuracy(random_bundle, syn.x, syn.labels, w) == 1.0
+    plain = synthesize(random_bundle, SHAPES, [6], "shapes", EASY, seed=0, log=lambda s: None)
+    assert not torch.allclose(plain.x, syn.x)

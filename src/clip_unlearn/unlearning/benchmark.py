@@ -54,6 +54,8 @@ def row(result: dict, checks: dict[str, bool]) -> dict:
     r["data_free"] = result.get("data_free")
     if "chosen" in result.get("info", {}):
         r["chosen"] = result["info"]["chosen"]
+        r["attempts"] = [{"method": a["method"], "passed_val": a.get("passed_val"),
+                          "failed": a.get("failed") or a.get("skipped")} for a in result["info"]["attempts"]]
     r["targets_met"] = all(checks.values())
     r["targets"] = checks
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}
@@ -163,7 +165,7 @@ def lineage_row(params, base, first: ForgetRequest, second: ForgetRequest, metho
 
 def summarize(rows: list[dict], lineage_rows: list[dict]) -> dict:
     """Per block and method: share of requests meeting every target, mean seconds; best data-free
-    share per hold-out class request; the oracle's seconds."""
+    share per hold-out class / subgroup request; the oracle's seconds."""
     out: dict = {}
     for r in rows:
         cell = out.setdefault(r["block"], {}).setdefault(r["method"], {"n": 0, "met": 0, "seconds": 0.0})
@@ -174,13 +176,14 @@ def summarize(rows: list[dict], lineage_rows: list[dict]) -> dict:
         for cell in block.values():
             cell["share"] = round(cell["met"] / cell["n"], 3)
             cell["mean_seconds"] = round(cell.pop("seconds") / cell["n"], 2)
-    by_request: dict[str, bool] = {}
-    for r in rows:
-        if r["block"] == "holdout-class" and r.get("data_free") and r["method"] != "auto":
-            by_request[r["forget"]] = by_request.get(r["forget"], False) or r["targets_met"]
-    if by_request:
-        out["holdout-class"]["best data-free"] = {"n": len(by_request), "met": sum(by_request.values()),
-                                                  "share": round(sum(by_request.values()) / len(by_request), 3)}
+    for block in ("holdout-class", "holdout-subgroup"):
+        by_request: dict[str, bool] = {}
+        for r in rows:
+            if r["block"] == block and r.get("data_free") and r["method"] != "auto":
+                by_request[r["forget"]] = by_request.get(r["forget"], False) or r["targets_met"]
+        if by_request:
+            out[block]["best data-free"] = {"n": len(by_request), "met": sum(by_request.values()),
+                                            "share": round(sum(by_request.values()) / len(by_request), 3)}
     oracle = [r["seconds"] for r in rows if r["method"] == "oracle"]
     out["oracle_seconds"] = oracle
     if lineage_rows:
