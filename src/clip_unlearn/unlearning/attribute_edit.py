@@ -15,8 +15,9 @@ the seed papers; no image of the subgroup is read, no tower is trained (seconds 
    images (the rest of c weighted by rest_weight), a softplus pushing each stand-in's c logit below
    its best other class, and a pull toward w_c.
 4. text_edit's closed-form ridge edit of text_projection moves every prompt naming c by that step
-   (target normalize(n_i + |m| (w_c' - w_c)), m the mean of c's normalized prompt features) while
-   every other prompt (both datasets, every attribute phrase) keeps its feature.
+   (target normalize(n_i + |m| (w_c' - w_c)), m the mean of c's normalized template features) while
+   every other prompt (both datasets, every attribute phrase) keeps its feature; repeated `rounds`
+   times from the realized class vector, since the fit's margins are thin.
 
 It relies on image features being roughly additive in class and attribute: a request whose
 attribute value no other class carries is refused (auto then tries the next method).
@@ -130,6 +131,9 @@ def attribute_edit(bundle: ClipBundle, ctx: UnlearnContext, cfg: AttributeEditCo
             if t not in moved_set]
     h_m = pooled_features(bundle, [t for ts in moved.values() for t in ts])
     h_k = pooled_features(bundle, kept)
+    # Pooled features come before text_projection, the only thing edited: computed once for every round.
+    h_class = {c: pooled_features(bundle, moved[c]) for c in req.classes}
+    h_templates = {c: pooled_features(bundle, [t.format(c=c) for t in templates]) for c in req.classes}
     w0 = proj.detach().double().cpu()
     for _ in range(cfg.rounds):
         wp = proj.detach().double().cpu()
@@ -137,10 +141,8 @@ def attribute_edit(bundle: ClipBundle, ctx: UnlearnContext, cfg: AttributeEditCo
         targets = []
         for c in req.classes:
             ci = ds.classes.index(c)
-            hc = pooled_features(bundle, moved[c])
-            g = hc @ wp
-            m = F.normalize(pooled_features(bundle, prompts_for(req.dataset, c, {}, TextEditConfig(
-                attribute_phrases=False, generic_templates=False))) @ wp, dim=-1).mean(0)
+            g = h_class[c] @ wp
+            m = F.normalize(h_templates[c] @ wp, dim=-1).mean(0)
             step = new_w[ci].double() - realized[ci]
             targets.append(g.norm(dim=-1, keepdim=True) * F.normalize(F.normalize(g, dim=-1) + m.norm() * step, dim=-1))
         delta = edit_delta(h_m, torch.cat(targets), h_k, wp, cfg.lam, cfg.mu)
@@ -153,7 +155,7 @@ def attribute_edit(bundle: ClipBundle, ctx: UnlearnContext, cfg: AttributeEditCo
         ci = ds.classes.index(c)
         info["classes"][c]["cos_realized"] = round(float(after[ci] @ new_w[ci]), 4)
     drift = 1 - F.cosine_similarity(h_k @ (w0 + delta), h_k @ w0, dim=-1)
-    ctx.log(f"attribute_edit: {len(moved)} prompts moved, {len(kept)} kept (drift max {float(drift.max()):.2e}); "
+    ctx.log(f"attribute_edit: {len(h_m)} prompts moved, {len(kept)} kept (drift max {float(drift.max()):.2e}); "
             + ", ".join(f"{c}: cos {v['cos_to_original']} fitted, {v['cos_realized']} realized"
                         for c, v in info["classes"].items()))
     return info | {"n_moved_prompts": len(h_m), "n_kept_prompts": len(kept),
