@@ -8,7 +8,7 @@ import torch
 from clip_unlearn.models import load_model
 from clip_unlearn.schema import ConfigError
 from clip_unlearn.unlearning import ForgetRequest, get_method, run_method
-from clip_unlearn.unlearning.auto import AutoConfig
+from clip_unlearn.unlearning.auto import AutoConfig, excess
 
 SEVEN = ForgetRequest(dataset="digits", classes=["seven"])
 QUICK = {"subgroup": {"fisher_batches": 1, "forget_steps": 1, "remind_steps": 2, "remind_batch_size": 8,
@@ -66,3 +66,18 @@ def test_text_edit_refuses_a_subgroup_with_a_reason(tiny_params):
     bundle = load_model("clip-ref-tiny", device="cpu")
     with pytest.raises(ConfigError, match="image-side method"):
         run_method(bundle, req, "text_edit", None, tiny_params.data.root, log=lambda _: None)
+
+
+def test_excess_weighs_each_miss_by_its_limit():
+    checks = [{"value": 0.03, "limit": 0.02, "passed": False}, {"value": 0.75, "limit": 0.5, "passed": False},
+              {"value": 0.9, "limit": 0.1, "passed": True}]
+    assert excess(checks) == pytest.approx(0.5 + 0.5)
+    assert excess([{"value": 0.004, "limit": 0.0, "passed": False}]) == pytest.approx(0.4)  # limit 0 counts as 0.01
+
+
+def test_when_nothing_passes_the_attempt_closest_to_passing_is_kept(tiny_params):
+    res = _auto(tiny_params, {"order": ["projection", "text_edit", "subgroup"]})
+    attempts = res["info"]["attempts"]
+    closest = min(attempts, key=lambda a: (len(a["failed"]), a["excess"], a["val"]["forget_top1"]))
+    assert res["info"]["chosen"] == closest["method"] and not res["info"]["passed_val"]
+    assert all(a["excess"] > 0 for a in attempts)

@@ -11,7 +11,9 @@ Its result is checked on the VAL split against the same thresholds verification 
 of the lineage, and (once those pass) by the relearning check. Measuring reads the val split, as
 verification reads test; no method trains on it. The first that passes is kept; methods that read real images of what is forgotten
 run only after every data-free one failed, and only if `allow_forgotten_data`. If none passes, the
-attempt with the fewest failed checks is kept (verification on test then fails it, with figures).
+attempt closest to passing is kept: fewest failed checks, then the smallest summed excess over their
+limits (relative to each limit), then the lowest forget top-1 (verification on test then fails it,
+with figures).
 """
 
 from __future__ import annotations
@@ -50,19 +52,18 @@ class AutoConfig(Section):
         return v
 
 
-def gate(before: dict, after: dict, ctx: UnlearnContext) -> list[str]:
-    """Failed checks of `after` (val split) under the thresholds in force, lineage included."""
-    from clip_unlearn.erasure.verify import Thresholds, failed_reasons, forget_limit, lineage_checks, run_checks
+def gate(before: dict, after: dict, ctx: UnlearnContext) -> list[dict]:
+    """The checks of `after` (val split) under the thresholds in force, lineage included."""
+    from clip_unlearn.erasure.verify import Thresholds, forget_limit, lineage_checks, run_checks
 
     th = Thresholds.model_validate({**Thresholds().model_dump(), **(ctx.thresholds or {})})
     checks = run_checks(before, after, th, bool(ctx.request.where))
-    checks += lineage_checks(after, [{"request_id": r.describe(), "forgotten": r.describe(), "version": "earlier",
-                                      "limit": ctx.lineage_limits.get(r.describe(), forget_limit(th, bool(r.where)))}
-                                     for r in ctx.lineage])
-    return failed_reasons(checks)
+    return checks + lineage_checks(after, [{"request_id": r.describe(), "forgotten": r.describe(), "version": "earlier",
+                                            "limit": ctx.lineage_limits.get(r.describe(), forget_limit(th, bool(r.where)))}
+                                           for r in ctx.lineage])
 
 
-def relearn_gate(bundle: ClipBundle, ctx: UnlearnContext) -> tuple[list[str], float | None]:
+def relearn_gate(bundle: ClipBundle, ctx: UnlearnContext) -> tuple[list[dict], float | None]:
     """The relearning check of verification, on the val split (only once the accuracy checks pass)."""
     cfg = ctx.assurance
     if cfg is None or not cfg.enabled or not cfg.relearn_steps:
@@ -72,7 +73,14 @@ def relearn_gate(bundle: ClipBundle, ctx: UnlearnContext) -> tuple[list[str], fl
     limit = (ctx.thresholds or {}).get("relearn_forget_max") or cfg.relearn_forget_max
     res = relearn_check(bundle, ctx.request, ctx.data_root, cfg, lineage=ctx.lineage, split="val")
     peak = res["forget_top1_max"]
-    return ([] if peak <= limit else [f"relearn_forget_top1 = {peak:.4f} violates max <= {limit}"]), peak
+    return [{"name": "relearn_forget_top1", "rule": f"max <= {limit}", "value": round(peak, 4), "limit": limit,
+             "passed": peak <= limit}], peak
+
+
+def excess(checks: list[dict]) -> float:
+    """How far the failed checks are from passing: the sum of |value - limit| / limit (limits under 0.01
+    count as 0.01), so that a miss of 0.01 on a 0.02 limit weighs as much as 0.25 on a 0.5 one."""
+    return sum(abs(c["value"] - c["limit"]) / max(abs(c["limit"]), 0.01) for c in checks if not c["passed"])
 
 
 def _val_metrics(bundle: ClipBundle, ctx: UnlearnContext) -> dict:
@@ -88,6 +96,8 @@ def _short(m: dict) -> dict:
 @register("auto", AutoConfig, data_free=False)
 def auto(bundle: ClipBundle, ctx: UnlearnContext, cfg: AutoConfig) -> dict:
     """Cheapest data-free method that passes the gate on val; real-data methods last, if allowed."""
+    from clip_unlearn.erasure.verify import failed_reasons
+
     original = copy.deepcopy(ctx.original.model.state_dict())
     methods = [get_method(n) for n in (cfg.subgroup_order if ctx.request.where else cfg.order)]
     methods.sort(key=lambda m: not m.data_free)  # stable: data-free ones first, in the given order
@@ -109,12 +119,13 @@ def auto(bundle: ClipBundle, ctx: UnlearnContext, cfg: AutoConfig) -> dict:
         seconds = time.perf_counter() - t0
         bundle.model.eval()
         after = _val_metrics(bundle, ctx)
-        failed = gate(before, after, ctx)
-        if not failed:
-            failed, after["relearn_max"] = relearn_gate(bundle, ctx)
-        attempts.append(row | {"passed_val": not failed, "failed": failed, "val": _short(after),
-                               "seconds": round(seconds, 3), "info": info})
-        states.append((len(failed), after["forget_top1"], len(attempts) - 1,
+        checks = gate(before, after, ctx)
+        if all(c["passed"] for c in checks):
+            checks, after["relearn_max"] = relearn_gate(bundle, ctx)
+        failed = failed_reasons(checks)
+        attempts.append(row | {"passed_val": not failed, "failed": failed, "excess": round(excess(checks), 4),
+                               "val": _short(after), "seconds": round(seconds, 3), "info": info})
+        states.append((len(failed), attempts[-1]["excess"], after["forget_top1"], len(attempts) - 1,
                        {k: v.detach().clone() for k, v in bundle.model.state_dict().items()}))
         ctx.log(f"auto: {m.name} on val: {'passed' if not failed else 'failed: ' + '; '.join(failed)}")
         if not failed:
@@ -122,7 +133,7 @@ def auto(bundle: ClipBundle, ctx: UnlearnContext, cfg: AutoConfig) -> dict:
     if not states:
         raise ValueError(f"auto: no method could run on {ctx.request.describe()}: "
                          + "; ".join(f"{a['method']}: {a['skipped']}" for a in attempts))
-    n_failed, _, index, state = min(states, key=lambda s: s[:3])
+    n_failed, _, _, index, state = min(states, key=lambda s: s[:4])
     bundle.model.load_state_dict(state)
     chosen = attempts[index]
     return {"chosen": chosen["method"], "data_free": chosen["data_free"], "passed_val": n_failed == 0,
