@@ -22,6 +22,13 @@ def test_soup_alpha_keeps_most_retained_accuracy_under_the_forget_target():
     assert choose_soup_alpha(GRID, target=0.01) == 1.0
 
 
+def test_soup_alpha_deepest_takes_the_largest_alpha_within_the_margin():
+    assert choose_soup_alpha(GRID, target=0.1, rule="deepest", margin=0.85) == 0.7  # 1.0 leaves only 0.80 unused
+    assert choose_soup_alpha(GRID, target=0.1, rule="deepest", margin=0.5) == 1.0
+    assert choose_soup_alpha(GRID, target=0.1, rule="deepest", margin=0.95) == 0.7  # none within: as "retain"
+    assert choose_soup_alpha(GRID, target=0.01, rule="deepest", margin=0.0) == 1.0
+
+
 def test_soup_alpha_falls_back_to_lowest_forget_accuracy():
     grid = [{"alpha": 0.0, "forget_top1": 0.9, "retain": 0.95},
             {"alpha": 0.5, "forget_top1": 0.3, "retain": 0.90},

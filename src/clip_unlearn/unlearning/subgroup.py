@@ -43,7 +43,7 @@ class SubgroupConfig(Section):
     # The paper fine-tunes RN50/RN101 for epochs on CIFAR/ImageNet; our 8M-parameter model and
     # ~100-180 forget images need a few hundred steps at most (values below: measured on the
     # reference model, docs in the method's report). Everything marked [inferred] is ours.
-    top_k: int = Field(8, ge=1, description="image-tower tensors trained (largest Fisher ratio)")
+    top_k: int = Field(32, ge=1, description="image-tower tensors trained (largest Fisher ratio)")
     # Biases and norm gains win the ratio ranking yet hold too few weights to separate a
     # subgroup from the rest of its class (measured): rank weight matrices only by default.
     candidates: Literal["matrices", "all"] = "matrices"
@@ -82,6 +82,11 @@ class SubgroupConfig(Section):
         default_factory=lambda: [round(0.05 * i, 2) for i in range(21)], min_length=1,
         description="soup weights of the unlearned model tried on the val split")
     forget_target: float = Field(0.1, ge=0, le=1, description="soup: highest val forget top-1 allowed")
+    # "retain": the blend that keeps the most retained accuracy (the paper's restore). "deepest": the
+    # largest alpha whose val losses use at most (1 - soup_margin) of each group's allowance: the
+    # erasure furthest from the original that the targets allow, so a short fine-tune has more to undo.
+    soup_rule: Literal["retain", "deepest"] = "deepest"
+    soup_margin: float = Field(0.5, ge=0, le=1, description="for soup_rule deepest: share of each allowance kept unused")
     weight_decay: float = Field(0.0, ge=0)
 
     @model_validator(mode="after")
@@ -191,17 +196,23 @@ def rank_by_fisher_ratio(fisher_forget: dict[str, float], fisher_retain: dict[st
 
 # ---------------------------------------------------------------- soup
 
-def choose_soup_alpha(grid_results: list[dict], target: float = 0.1) -> float:
+def choose_soup_alpha(grid_results: list[dict], target: float = 0.1, rule: str = "retain",
+                      margin: float = 0.5) -> float:
     """grid_results: [{"alpha", "forget_top1", "retain"}, ...] measured on calibration data
-    ("retain": any score of retained accuracy, higher is better).
+    ("retain": any score of retained accuracy, higher is better; for rule "deepest" the share of
+    the allowance left unused, 1 - drop / limit, worst group).
 
-    Among alphas with forget_top1 <= target, the one with the highest retain (ties: lower
-    forget, then smaller alpha, i.e. closer to the original). None meets the target: the
-    lowest forget_top1 (ties: higher retain, then smaller alpha)."""
+    rule "retain": among alphas with forget_top1 <= target, the one with the highest retain (ties:
+    lower forget, then smaller alpha, i.e. closer to the original). rule "deepest": among those,
+    the largest alpha with retain >= margin, else as "retain". None meets the target: the lowest
+    forget_top1 (ties: higher retain, then smaller alpha)."""
     if not grid_results:
         raise ValueError("choose_soup_alpha: empty grid")
     ok = [r for r in grid_results if r["forget_top1"] <= target]
-    if ok:
+    deep = [r for r in ok if r["retain"] >= margin] if rule == "deepest" else []
+    if deep:
+        best = max(deep, key=lambda r: r["alpha"])
+    elif ok:
         best = min(ok, key=lambda r: (-r["retain"], r["forget_top1"], r["alpha"]))
     else:
         best = min(grid_results, key=lambda r: (r["forget_top1"], -r["retain"], r["alpha"]))
@@ -369,7 +380,7 @@ def subgroup(bundle: ClipBundle, ctx: UnlearnContext, cfg: SubgroupConfig) -> di
     if any(math.isnan(r["forget_top1"]) for r in grid):
         alpha = max(cfg.alpha_grid)  # no calibration image of the subgroup: keep the unlearned model
     else:
-        alpha = choose_soup_alpha(grid, cfg.forget_target)
+        alpha = choose_soup_alpha(grid, cfg.forget_target, cfg.soup_rule, cfg.soup_margin)
     blend_(model, unlearned, original, alpha)
     info.update({"alpha": alpha, "soup_grid": grid, "n_forget_train": len(forget)})
     ctx.log(f"subgroup: layers {chosen[:3]}..., forget {steps} steps, alpha {alpha}")
