@@ -23,7 +23,7 @@ from clip_unlearn.models import load_model
 from clip_unlearn.unlearning import ForgetRequest, run_method
 from clip_unlearn.unlearning import subgroup as sg
 from clip_unlearn.unlearning.assurance import relearn_check
-from clip_unlearn.unlearning.benchmark import holdout_requests
+from clip_unlearn.unlearning.benchmark import draw_subgroups, holdout_requests
 from clip_unlearn.unlearning.context import cached_split
 from clip_unlearn.unlearning.evaluate import request_metrics
 from clip_unlearn.unlearning.targets import check_targets
@@ -36,13 +36,8 @@ def dev_requests(p, n: int, seed: int = 7) -> list[ForgetRequest]:
     used = {(r.dataset, c) for r in [*bench.subgroups, *holdout_requests(bench, root, datasets)["subgroups"]]
             for c in r.classes}
     meta = {d: cached_split(d, "train", root) for d in datasets}
-    rng = random.Random(seed)
     pool = [(d, c) for d in datasets for c in meta[d].classes if (d, c) not in used]
-    out = []
-    for d, c in rng.sample(pool, n):
-        key = rng.choice(sorted(meta[d].attributes))
-        out.append(ForgetRequest(dataset=d, classes=[c], where={key: rng.choice(meta[d].attributes[key])}))
-    return out
+    return draw_subgroups(random.Random(seed), pool, meta, n)
 
 
 def main() -> None:

@@ -61,6 +61,16 @@ def row(result: dict, checks: dict[str, bool]) -> dict:
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}
 
 
+def draw_subgroups(rng: random.Random, pool: list[tuple[str, str]], meta: dict, n: int) -> list[ForgetRequest]:
+    """n subgroup requests: classes drawn from pool ((dataset, class) pairs), then per class one
+    attribute and one of its values (meta: dataset -> its train split, for the attribute lists)."""
+    out = []
+    for d, c in rng.sample(pool, min(n, len(pool))):
+        key = rng.choice(sorted(meta[d].attributes))
+        out.append(ForgetRequest(dataset=d, classes=[c], where={key: rng.choice(meta[d].attributes[key])}))
+    return out
+
+
 def holdout_requests(cfg, data_root: str, datasets: list[str]) -> dict[str, list]:
     """The hold-out block: requests drawn by cfg.holdout.seed among classes the named benchmark
     (on which defaults are tuned) does not use. {"classes", "pairs", "subgroups": [ForgetRequest],
@@ -74,10 +84,7 @@ def holdout_requests(cfg, data_root: str, datasets: list[str]) -> dict[str, list
     singles = rng.sample(pool, min(h.n_classes, len(pool)))
     every_pair = [(d, a, b) for i, (d, a) in enumerate(pool) for d2, b in pool[i + 1:] if d2 == d]
     pairs = [ForgetRequest(dataset=d, classes=[a, b]) for d, a, b in rng.sample(every_pair, min(h.n_pairs, len(every_pair)))]
-    groups = []
-    for d, c in rng.sample(pool, min(h.n_subgroups, len(pool))):
-        key = rng.choice(sorted(meta[d].attributes))
-        groups.append(ForgetRequest(dataset=d, classes=[c], where={key: rng.choice(meta[d].attributes[key])}))
+    groups = draw_subgroups(rng, pool, meta, h.n_subgroups)
     lineage = []
     for _ in range(h.n_lineage):
         (da, ca), (db, cb) = rng.sample(pool, 2)
