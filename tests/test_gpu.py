@@ -24,6 +24,7 @@ RED_SEVEN = ForgetRequest(dataset="digits", classes=["seven"], where={"ink": "re
 QUICK = {  # a few steps each: this checks devices, not forgetting
     "subgroup": {"fisher_batches": 1, "forget_steps": 2, "remind_steps": 2, "remind_batch_size": 8, "alpha_grid": [1.0]},
     "attribute_edit": {"steps": 5, "rounds": 1},
+    "standin_subgroup": {"forget_steps": 2, "remind_steps": 2, "remind_batch_size": 8, "alpha_grid": [1.0]},
     "gradient_ascent": {"steps": 2},
     "random_labels": {"steps": 2},
     "oracle": {"steps": 2},
@@ -45,7 +46,7 @@ def _run(params, name: str, device: str, request=SEVEN):
 
 @pytest.mark.parametrize("name", sorted(set(METHODS) - {"lipschitz"}))
 def test_every_method_runs_on_cuda_and_keeps_the_model_there(tiny_params, name):
-    request = RED_SEVEN if name == "attribute_edit" else SEVEN
+    request = RED_SEVEN if name in ("attribute_edit", "standin_subgroup") else SEVEN
     bundle, res = _run(tiny_params, name, "cuda", request)
     assert {p.device.type for p in bundle.model.parameters()} == {"cuda"}
     assert 0.0 <= res["after"]["forget_top1"] <= 1.0 and res["after"]["other"]

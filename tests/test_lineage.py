@@ -20,11 +20,13 @@ EARLIER = [ForgetRequest(dataset="digits", classes=["seven"]),
            ForgetRequest(dataset="shapes", classes=["star"], where={"colour": "blue"})]
 NOW = ForgetRequest(dataset="digits", classes=["three"])
 NOW_SUBGROUP = ForgetRequest(dataset="digits", classes=["three"], where={"ink": "red"})  # for subgroup-only methods
-SUBGROUP_ONLY = {"attribute_edit"}
+SUBGROUP_ONLY = {"attribute_edit", "standin_subgroup"}
 # Each method shrunk to a few steps: what is checked is which images it reads, not how well it forgets.
 QUICK = {"gradient_ascent": {"steps": 2, "batch_size": 8}, "random_labels": {"steps": 2, "batch_size": 8},
          "subgroup": {"fisher_batches": 1, "forget_steps": 1, "remind_steps": 2, "remind_batch_size": 8,
                       "alpha_grid": [0.5, 1.0]},
+         "standin_subgroup": {"forget_steps": 1, "remind_steps": 2, "remind_batch_size": 8, "forget_batch_size": 4,
+                              "other_batch_size": 4, "alpha_grid": [0.5, 1.0]},
          "oracle": {"steps": 1, "datasets": ["digits", "shapes"]},
          "auto": {"order": ["projection", "subgroup"]}}  # a random model: make it reach a real-data method
 

@@ -105,7 +105,7 @@ class HoldoutConfig(Section):
     n_subgroups: int = Field(5, ge=0, description="one class restricted by one attribute value")
     n_lineage: int = Field(3, ge=0, description="erase A, then B from that version; A re-measured")
     class_methods: list[str] = Field(default_factory=lambda: ["auto", "text_edit", "projection", "lipschitz"])
-    subgroup_methods: list[str] = Field(default_factory=lambda: ["auto", "attribute_edit", "subgroup"])
+    subgroup_methods: list[str] = Field(default_factory=lambda: ["auto", "attribute_edit", "standin_subgroup", "subgroup"])
     lineage_method: str = "auto"
     oracle: bool = Field(False, description="also retrain the oracle on the first hold-out class request (~9 min)")
 
@@ -121,7 +121,8 @@ class BenchmarkConfig(Section):
         BenchmarkRequest(dataset="shapes", classes=["star"], where={"colour": "blue"})])
     class_methods: list[str] = Field(default_factory=lambda: ["auto", "text_edit", "projection", "lipschitz",
                                                               "gradient_ascent", "random_labels"])
-    subgroup_methods: list[str] = Field(default_factory=lambda: ["auto", "attribute_edit", "subgroup", "gradient_ascent"])
+    subgroup_methods: list[str] = Field(default_factory=lambda: ["auto", "attribute_edit", "standin_subgroup", "subgroup",
+                                                                 "gradient_ascent"])
     oracle: Literal["none", "first", "all"] = Field(
         "first", description="retrain-from-scratch oracle on the first class request, on all, or on none")
     holdout: HoldoutConfig = HoldoutConfig()

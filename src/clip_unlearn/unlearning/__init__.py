@@ -7,7 +7,7 @@ Importing the package registers every method module.
 """
 
 from clip_unlearn.unlearning import (  # noqa: F401  (register every method)
-    attribute_edit, auto, baselines, lipschitz, oracle, projection, subgroup, text_edit)
+    attribute_edit, auto, baselines, lipschitz, oracle, projection, standin_subgroup, subgroup, text_edit)
 from clip_unlearn.unlearning.registry import METHODS, get_method, register
 from clip_unlearn.unlearning.request import ForgetRequest
 from clip_unlearn.unlearning.runner import run_method

@@ -7,10 +7,9 @@ A subgroup (class c where attribute k = a) shares its class name with the subgro
 the name cannot be erased (text_edit); what can move is the direction the name points to. Beyond
 the seed papers; no image of the subgroup is read, no tower is trained (seconds on a CPU):
 
-1. Attribute means from retained images: mu_k(v) = mean image feature of the OTHER classes' images
-   with k = v (they carry the attribute without the class).
-2. Stand-ins for the subgroup, in feature space: every retained image of c (another value of k)
-   with its attribute mean swapped, normalize(f - mu_k(v) + mu_k(a)).
+1-2. Stand-ins for the subgroup, in feature space (stand_ins.py): every retained image of c (another
+   value of k) with its attribute mean swapped, normalize(f - mu_k(v) + mu_k(a)), mu_k(v) the mean
+   image feature of the OTHER classes' images with k = v.
 3. A new unit class vector w_c' fitted on those features: zero-shot cross-entropy on the retained
    images (the rest of c weighted by rest_weight), a softplus pushing each stand-in's c logit below
    its best other class, and a pull toward w_c.
@@ -25,7 +24,6 @@ attribute value no other class carries is refused (auto then tries the next meth
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -36,6 +34,7 @@ from clip_unlearn.schema import ConfigError, Section
 from clip_unlearn.templates import subgroup_phrase, zero_shot_templates
 from clip_unlearn.unlearning.context import UnlearnContext
 from clip_unlearn.unlearning.registry import register
+from clip_unlearn.unlearning.stand_ins import item_attributes, swap_attributes
 from clip_unlearn.unlearning.text_edit import CAPTION_FORMS, TextEditConfig, edit_delta, pooled_features, prompts_for
 from clip_unlearn.zero_shot import class_vectors
 
@@ -54,11 +53,6 @@ class AttributeEditConfig(Section):
     lam: float = Field(1.0, gt=0, description="text_projection edit: weight of keeping every other prompt")
     mu: float = Field(1e-3, gt=0, description="text_projection edit: ridge toward the original")
     rounds: int = Field(3, ge=1, description="edit rounds, each from the realized class vector toward w_c'")
-
-
-def attribute_means(feats: torch.Tensor, attrs: np.ndarray, mask: np.ndarray, values: list[str]) -> dict:
-    """Mean feature of the masked items per attribute value (values without items are left out)."""
-    return {v: feats[torch.from_numpy(mask & (attrs == v))].mean(0) for v in values if (mask & (attrs == v)).any()}
 
 
 def fit_class_vector(w: torch.Tensor, ci: int, x: torch.Tensor, y: torch.Tensor, stand_ins: torch.Tensor,
@@ -97,22 +91,16 @@ def attribute_edit(bundle: ClipBundle, ctx: UnlearnContext, cfg: AttributeEditCo
     images, labels = ds.tensors()
     x = encode_images(bundle, images).float().cpu()
     y = labels.long().cpu()
-    attrs = {k: np.array([ds.item_attrs(i).get(k) for i in range(len(ds))]) for k in req.where}
+    attrs = item_attributes(ds, req.where)
 
     new_w, info = w.clone(), {"classes": {}}
     for c in req.classes:
         ci = ds.classes.index(c)
-        rest = (y == ci).numpy()
-        shift = torch.zeros(len(y), x.shape[1])
-        ok = rest.copy()
-        for k, a in req.where.items():
-            means = attribute_means(x, attrs[k], ~rest, ds.attributes[k])
-            if a not in means:
-                raise ValueError(f"attribute_edit: no other class of {req.dataset} has {k}={a}; nothing to learn "
-                                 "the attribute from")
-            ok &= np.array([v in means for v in attrs[k]])
-            shift += torch.stack([means[a] - means.get(v, means[a]) for v in attrs[k]])
-        stand_ins = F.normalize(x[torch.from_numpy(ok)] + shift[torch.from_numpy(ok)], dim=-1)
+        try:
+            swapped, _ = swap_attributes(x, y, attrs, ds.attributes, ci, req.where, req.dataset)
+        except ValueError as e:
+            raise ValueError(f"attribute_edit: {e}") from None
+        stand_ins = F.normalize(swapped, dim=-1)
         if not len(stand_ins):
             raise ValueError(f"attribute_edit: no retained image of {c} to build stand-ins from")
         new_w[ci] = fit_class_vector(w, ci, x, y, stand_ins, cfg, ctx.seed)

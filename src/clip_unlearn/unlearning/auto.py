@@ -36,7 +36,7 @@ class AutoConfig(Section):
     # synthetic-sample method (minutes), then the real-data subgroup method.
     order: list[str] = Field(default_factory=lambda: ["text_edit", "projection", "lipschitz", "subgroup"],
                              min_length=1, description="methods tried, in this order (data-free ones run first)")
-    subgroup_order: list[str] = Field(default_factory=lambda: ["attribute_edit", "subgroup"], min_length=1,
+    subgroup_order: list[str] = Field(default_factory=lambda: ["attribute_edit", "standin_subgroup", "subgroup"], min_length=1,
                                       description="methods tried for a subgroup request (class-level ones "
                                                   "cannot keep the rest of the class)")
     allow_forgotten_data: bool = Field(

@@ -248,6 +248,32 @@ def _top1(bundle: ClipBundle, images: torch.Tensor, labels: torch.Tensor, w: tor
     return float((preds == labels).float().mean())
 
 
+def soup_grid(bundle: ClipBundle, ctx: UnlearnContext, w: torch.Tensor, unlearned: dict, original: dict,
+              alpha_grid: list[float], forget_top1: Callable[[], float]) -> list[dict]:
+    """Every blend of the grid scored on the val split: forget_top1() of the blended model, and its
+    retained score, the worst share of its allowance used over the groups the targets watch (the
+    class's other subgroups, the other classes, each other dataset), of val top-1 against the original
+    model: a mean would let a gain on one group hide a loss on the other. Leaves the model at the
+    grid's last blend."""
+    req, dev = ctx.request, bundle.device
+    retain_v = ctx.retain_set("val")
+    groups = {k: (*d.tensors(), w) for k, d in (("class_rest", retain_v.select(req.classes)),
+                                               ("other_classes", retain_v.select(req.classes, invert=True))) if len(d)}
+    for d in ctx.other_sets("val"):
+        if len(d):
+            groups[f"other:{d.name}"] = (*d.tensors(), class_vectors(bundle, d.classes, zero_shot_templates(d.name)).to(dev))
+    base = {k: _top1(ctx.original, x, y, wk) for k, (x, y, wk) in groups.items()}
+    limits = soup_limits(ctx.thresholds)
+    grid = []
+    for alpha in alpha_grid:
+        blend_(bundle.model, unlearned, original, alpha)
+        accs = {k: _top1(bundle, x, y, wk) for k, (x, y, wk) in groups.items()}
+        grid.append({"alpha": alpha, "forget_top1": forget_top1(),
+                     "retain": min((1 - (base[k] - accs[k]) / limits[k.split(":")[0]] for k in accs), default=0.0),
+                     "groups": accs})
+    return grid
+
+
 # ---------------------------------------------------------------- the method
 
 def _class_texts(dataset: str, classname: str, where: dict[str, str]) -> list[str]:
@@ -359,24 +385,7 @@ def subgroup(bundle: ClipBundle, ctx: UnlearnContext, cfg: SubgroupConfig) -> di
     unlearned = {k: v.detach().clone() for k, v in model.state_dict().items()}
     original = {k: v.to(dev) for k, v in ctx.original.model.state_dict().items()}
     f_x, f_y = ctx.forget_set("val").tensors()
-    # Retained score of a soup = the worst share of its allowance used, over the groups the targets watch (the
-    # class's other subgroups, the other classes, each other dataset), of val top-1 against the original model: a
-    # mean would let a gain on one group hide a loss on the other.
-    retain_v = ctx.retain_set("val")
-    groups = {k: (*d.tensors(), w) for k, d in (("class_rest", retain_v.select(req.classes)),
-                                               ("other_classes", retain_v.select(req.classes, invert=True))) if len(d)}
-    for d in ctx.other_sets("val"):
-        if len(d):
-            groups[f"other:{d.name}"] = (*d.tensors(), class_vectors(bundle, d.classes, zero_shot_templates(d.name)).to(dev))
-    base = {k: _top1(ctx.original, x, y, wk) for k, (x, y, wk) in groups.items()}
-    limits = soup_limits(ctx.thresholds)
-    grid = []
-    for alpha in cfg.alpha_grid:
-        blend_(model, unlearned, original, alpha)
-        accs = {k: _top1(bundle, x, y, wk) for k, (x, y, wk) in groups.items()}
-        grid.append({"alpha": alpha, "forget_top1": _top1(bundle, f_x, f_y, w),
-                     "retain": min((1 - (base[k] - accs[k]) / limits[k.split(":")[0]] for k in accs), default=0.0),
-                     "groups": accs})
+    grid = soup_grid(bundle, ctx, w, unlearned, original, cfg.alpha_grid, lambda: _top1(bundle, f_x, f_y, w))
     if any(math.isnan(r["forget_top1"]) for r in grid):
         alpha = max(cfg.alpha_grid)  # no calibration image of the subgroup: keep the unlearned model
     else:
