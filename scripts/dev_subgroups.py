@@ -1,10 +1,11 @@
-"""Dev subgroups: where `subgroup`'s defaults are chosen, on the val split only.
+"""Dev subgroups: where `subgroup`'s and `standin_subgroup`'s defaults are chosen, on the val split only.
 
-    python scripts/dev_subgroups.py                      # the defaults of params.yaml
+    python scripts/dev_subgroups.py                      # subgroup with the defaults of params.yaml
     python scripts/dev_subgroups.py '{"top_k": 8}'       # a variant (any SubgroupConfig field)
+    METHOD=standin_subgroup python scripts/dev_subgroups.py '{"margin": 0.02}'
 
 Draws N (default 8) subgroup requests by seed 7 among classes that neither the named nor the
-hold-out subgroups of `params.yaml: benchmark` use, trains `subgroup` once per request, then scores
+hold-out subgroups of `params.yaml: benchmark` use, trains the method once per request, then scores
 the soup of each rule on val: every subgroup target, and the relearning check (on val). Prints
 one line per (request, rule) and a summary; nothing here reads a test split.
 """
@@ -44,11 +45,12 @@ def main() -> None:
     torch.set_num_threads(int(os.environ.get("THREADS", "2")))
     p = load_params("params.yaml")
     base = load_model(p.model.dir, device="cpu")
-    cfg = {**p.methods["subgroup"].model_dump(), **(json.loads(sys.argv[1]) if len(sys.argv) > 1 else {})}
+    method = os.environ.get("METHOD", "subgroup")
+    cfg = {**p.methods[method].model_dump(), **(json.loads(sys.argv[1]) if len(sys.argv) > 1 else {})}
     kept = {}
     blend = sg.blend_
 
-    def capture(model, unlearned, original, alpha):   # keep both ends of the soup to re-blend per rule
+    def capture(model, unlearned, original, alpha):   # keep both ends of the soup (soup_grid) to re-blend per rule
         kept["u"], kept["o"] = unlearned, original
         return blend(model, unlearned, original, alpha)
 
@@ -59,7 +61,7 @@ def main() -> None:
         before = request_metrics(base, req, p.data.root, others, split="val")
         b = copy.deepcopy(base)
         t = time.time()
-        res = run_method(b, req, "subgroup", cfg, p.data.root, others, log=lambda s: None, before=before,
+        res = run_method(b, req, method, cfg, p.data.root, others, log=lambda s: None, before=before,
                          configs=p.methods, thresholds=p.verify.model_dump())
         secs, scored = time.time() - t, {}
         for name, (rule, margin) in RULES.items():
