@@ -55,3 +55,23 @@ def test_bad_requests_and_configs_are_refused_with_a_reason(tiny_params, request
     bundle = load_model("clip-ref-tiny", device="cpu")
     with pytest.raises(error, match=message):
         run_method(bundle, request_, "standin_subgroup", cfg, tiny_params.data.root, log=lambda _: None)
+
+
+@pytest.mark.slow
+def test_a_dev_subgroup_is_forgotten_data_free_and_stays_forgotten(reference_params):
+    """digits:eight[ink=red], one of the dev subgroups its defaults were chosen on (val split, as then):
+    every subgroup target, and a short fine-tune on retained data does not bring it back."""
+    from clip_unlearn.unlearning.assurance import relearn_check
+    from clip_unlearn.unlearning.evaluate import request_metrics
+    from clip_unlearn.unlearning.targets import check_targets
+
+    p = reference_params
+    bundle = load_model(p.model.dir, device="cpu")
+    req = ForgetRequest(dataset="digits", classes=["eight"], where={"ink": "red"})
+    before = request_metrics(bundle, req, p.data.root, ["shapes"], split="val")
+    res = run_method(bundle, req, "standin_subgroup", p.methods["standin_subgroup"], p.data.root, ["shapes"],
+                     log=lambda _: None, thresholds=p.verify.model_dump())
+    after = request_metrics(bundle, req, p.data.root, ["shapes"], split="val")
+    assert res["data_free"] is True and before["forget_top1"] > 0.5
+    assert all(check_targets(before, after, p.targets, True).values()), (before, after)
+    assert relearn_check(bundle, req, p.data.root, p.assurance, split="val")["forget_top1_max"] <= 0.5
