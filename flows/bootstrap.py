@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import sys
 
-import clip_unlearn  # noqa: F401  (telemetry off, torchvision patched)
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from clip_unlearn.config import load_params
-from clip_unlearn.reference import format_table
+import clip_unlearn  # noqa: F401  (telemetry off, torchvision patched)
+from clip_unlearn.pipeline.config import load_params
+from clip_unlearn.pipeline.reference import format_table
 from tasks.reference import evaluate_zero_shot, generate_dataset, train_reference
 
 

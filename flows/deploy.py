@@ -11,16 +11,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from prefect import flow
+from prefect.deployments import run_deployment
+from prefect.schedules import Cron
+
+from clip_unlearn.pipeline.config import load_params
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def deploy(params_path: str = "params.yaml", cron: str | None = None, work_pool: str | None = None,
            name: str | None = None) -> dict:
-    from prefect import flow
-    from prefect.schedules import Cron
-
-    from clip_unlearn.config import load_params
-
     sched = load_params(params_path).erase.schedule
     cron, pool, name = cron or sched.cron, work_pool or sched.work_pool, name or sched.deployment
     source = flow.from_source(source=str(REPO), entrypoint="flows/process.py:process_requests")
@@ -32,7 +33,5 @@ def deploy(params_path: str = "params.yaml", cron: str | None = None, work_pool:
 
 
 def run_now(name: str, timeout: float | None = None) -> dict:
-    from prefect.deployments import run_deployment
-
     fr = run_deployment(name=name, timeout=timeout)
     return {"flow_run": str(fr.id), "state": fr.state.type.value if fr.state else None}

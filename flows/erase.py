@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import sys
 
-import clip_unlearn  # noqa: F401  (telemetry off, torchvision patched)
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from clip_unlearn.config import load_params
-from clip_unlearn.erasure.requests import parse_request
+import clip_unlearn  # noqa: F401  (telemetry off, torchvision patched)
+from clip_unlearn.pipeline.config import load_params
+from clip_unlearn.pipeline.request_store import parse_request
 from tasks import erase as t
 
 

@@ -239,7 +239,7 @@ EOF
 ensure_signing_key() {  # the Ed25519 key that signs certificates (its path is exported, never its content)
   local key=$STACK_DIR/signing/ed25519.pem
   [ -f "$key" ] && return 0
-  python3 -c 'import sys; from clip_unlearn.signing import generate_key; generate_key(sys.argv[1])' "$key" \
+  python3 -c 'import sys; from clip_unlearn.pipeline.signing import generate_key; generate_key(sys.argv[1])' "$key" \
     || die "could not create the signing key $key"
   say "generated the certificate signing key $key"
 }

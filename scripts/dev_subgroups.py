@@ -19,15 +19,16 @@ import time
 
 import torch
 
-from clip_unlearn.config import load_params
-from clip_unlearn.models import load_model
-from clip_unlearn.unlearning import ForgetRequest, run_method
-from clip_unlearn.unlearning import subgroup as sg
-from clip_unlearn.unlearning.assurance import relearn_check
-from clip_unlearn.unlearning.benchmark import draw_subgroups, holdout_requests
-from clip_unlearn.unlearning.context import cached_split
-from clip_unlearn.unlearning.evaluate import request_metrics
-from clip_unlearn.unlearning.targets import check_targets
+from clip_unlearn.core.assurance import relearn_check
+from clip_unlearn.core.gate import accuracy_checks, passed
+from clip_unlearn.core.measure import request_metrics
+from clip_unlearn.core.models import load_model
+from clip_unlearn.core.request import ForgetRequest
+from clip_unlearn.core.splits import cached_split
+from clip_unlearn.methods import soup
+from clip_unlearn.pipeline.benchmark import draw_subgroups, holdout_requests
+from clip_unlearn.pipeline.config import load_params
+from clip_unlearn.pipeline.unlearn import unlearn
 
 RULES = {"retain": ("retain", 0.0), "deep50": ("deepest", 0.5), "deep25": ("deepest", 0.25), "deep0": ("deepest", 0.0)}
 
@@ -48,29 +49,28 @@ def main() -> None:
     method = os.environ.get("METHOD", "subgroup")
     cfg = {**p.methods[method].model_dump(), **(json.loads(sys.argv[1]) if len(sys.argv) > 1 else {})}
     kept = {}
-    blend = sg.blend_
+    blend = soup.blend_
 
     def capture(model, unlearned, original, alpha):   # keep both ends of the soup (soup_grid) to re-blend per rule
         kept["u"], kept["o"] = unlearned, original
         return blend(model, unlearned, original, alpha)
 
-    sg.blend_ = capture
+    soup.blend_ = capture
     out = []
     for req in dev_requests(p, int(os.environ.get("N", 8))):
         others = [d for d in p.data.datasets if d != req.dataset]
         before = request_metrics(base, req, p.data.root, others, split="val")
         b = copy.deepcopy(base)
         t = time.time()
-        res = run_method(b, req, method, cfg, p.data.root, others, log=lambda s: None, before=before,
-                         configs=p.methods, thresholds=p.verify.model_dump())
+        res = unlearn(p, b, req, method, config=p.methods[method].model_validate(cfg), log=lambda s: None)
         secs, scored = time.time() - t, {}
         for name, (rule, margin) in RULES.items():
-            alpha = sg.choose_soup_alpha(res["info"]["soup_grid"], cfg["forget_target"], rule, margin)
+            alpha = soup.choose_soup_alpha(res["info"]["soup_grid"], cfg["forget_target"], rule, margin)
             if alpha not in scored:
                 blend(b.model, kept["u"], kept["o"], alpha)
                 a = request_metrics(b, req, p.data.root, others, split="val")
                 scored[alpha] = {
-                    "forget": a["forget_top1"], "met": all(check_targets(before, a, p.targets, True).values()),
+                    "forget": a["forget_top1"], "met": passed(accuracy_checks(before, a, p.gate, True)),
                     "rest": (a["subgroup_rest_top1"] - before["subgroup_rest_top1"]) * 100,
                     "other_classes": (a["other_classes_top1"] - before["other_classes_top1"]) * 100,
                     "other": (a["other_top1"] - before["other_top1"]) * 100,
@@ -83,7 +83,7 @@ def main() -> None:
     for name in RULES:
         rs = [r for r in out if r["rule"] == name]
         print(f"{name:7s} met {sum(r['met'] for r in rs)}/{len(rs)}  met+relearn "
-              f"{sum(r['met'] and r['relearn'] <= p.assurance.relearn_forget_max for r in rs)}/{len(rs)}  "
+              f"{sum(r['met'] and r['relearn'] <= p.gate.relearn_forget_max for r in rs)}/{len(rs)}  "
               f"mean relearn peak {sum(r['relearn'] for r in rs) / len(rs):.3f}")
 
 

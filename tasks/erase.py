@@ -1,4 +1,4 @@
-"""Prefect tasks around the erasure steps of `clip_unlearn.erasure.steps`.
+"""Prefect tasks around the erasure steps of `clip_unlearn.pipeline.steps`.
 
 Tasks take params, the request and paths/URIs, and return small JSON-ready dicts, never models
 or clients. Steps that talk to S3 or MLflow retry with backoff; the synthetic set is cached.
@@ -10,16 +10,17 @@ import uuid
 
 from prefect import get_run_logger, task
 
-from clip_unlearn.config import Params
-from clip_unlearn.erasure import steps
-from clip_unlearn.erasure.requests import ErasureRequest
+from clip_unlearn.pipeline import steps
+from clip_unlearn.pipeline.config import Params
+from clip_unlearn.pipeline.errors import is_transient
+from clip_unlearn.pipeline.request_store import ErasureRequest
 
 
 def _transient(task, task_run, state) -> bool:
     try:
         state.result()
     except Exception as e:  # noqa: BLE001
-        return steps.is_transient(e)
+        return is_transient(e)
     return False
 
 

@@ -1,4 +1,4 @@
-"""Prefect tasks around the reference-model steps of `clip_unlearn.reference`.
+"""Prefect tasks around the reference-model steps of `clip_unlearn.pipeline.reference`.
 
 Tasks take params and return paths or small JSON-ready dicts, never models.
 """
@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 
-from clip_unlearn import reference
-from clip_unlearn.config import Params
+from clip_unlearn.pipeline import reference
+from clip_unlearn.pipeline.config import Params
 
 
 @task(name="generate-dataset", retries=1, retry_delay_seconds=2)

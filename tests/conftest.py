@@ -13,9 +13,17 @@ import pytest
 import torch
 
 import clip_unlearn  # noqa: F401  (telemetry off, torchvision patched)
-from clip_unlearn.config import Params, load_params
+from clip_unlearn.methods import UnlearnContext, run_method
+from clip_unlearn.pipeline.config import Params, load_params
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def run(bundle, request, method: str, cfg=None, data_root: str = "data", others=(), before=None, **ctx):
+    """run_method with a context built from keyword arguments (UnlearnContext's fields)."""
+    ctx.setdefault("log", lambda _: None)
+    return run_method(bundle, method, UnlearnContext(request=request, data_root=str(data_root), others=list(others),
+                                                     **ctx), cfg, before)
 
 
 def shrink(params: Params, root: Path, **bootstrap) -> Params:
@@ -42,7 +50,7 @@ def tiny_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_params(repo_params, tiny_root) -> Params:
     """Shrunk params whose built-in datasets are generated once per session."""
-    from clip_unlearn.reference import make_data
+    from clip_unlearn.pipeline.reference import make_data
 
     params = shrink(repo_params, tiny_root)
     make_data(params)
@@ -60,7 +68,7 @@ def reference_params(repo_params, tmp_path_factory) -> Params:
         "evaluation": repo_params.evaluation.model_copy(update={
             "out": str(root / "metrics" / "reference.json"), "details": str(root / "reports" / "eval.json")}),
     })
-    from clip_unlearn.reference import make_data, model_is_current, train_and_save
+    from clip_unlearn.pipeline.reference import make_data, model_is_current, train_and_save
 
     make_data(params)
     if not model_is_current(params):
@@ -71,7 +79,7 @@ def reference_params(repo_params, tmp_path_factory) -> Params:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> str:
     """A randomly initialised clip-ref-tiny saved as a model folder (seeded): a base to erase from."""
-    from clip_unlearn.models import load_model, save_model
+    from clip_unlearn.core.models import load_model, save_model
 
     torch.manual_seed(0)
     return str(save_model(load_model("clip-ref-tiny", device="cpu"), tmp_path_factory.mktemp("m") / "tiny"))
@@ -136,7 +144,7 @@ def stack(weed_server, tmp_path_factory):
     os.environ.update(env)
     for k in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE"):
         os.environ.pop(k, None)
-    from clip_unlearn import storage
+    from clip_unlearn.pipeline import storage
 
     storage.ensure_bucket(storage.StorageConfig(bucket=STACK_BUCKET))
     root = tmp_path_factory.mktemp("mlflow")

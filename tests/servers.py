@@ -23,7 +23,6 @@ from pathlib import Path
 
 import pytest
 
-
 _STARTED: list = []   # Popen objects (each leads its own process group) and stop callables
 
 

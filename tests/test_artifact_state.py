@@ -11,7 +11,6 @@ import uuid
 
 import pytest
 import yaml
-
 from conftest import REPO
 
 STAGES = ["data", "reference", "evaluate"]
@@ -58,7 +57,7 @@ def test_quickstart_outputs_are_dvc_outputs(tmp_path, stack):
     first = [run(cmd, work, env) for cmd in QUICKSTART]
     assert all(f"Running stage '{s}'" in first[0] for s in STAGES)
     assert f"base model in the registry: {name} v1" in first[1]
-    assert (work / "src" / "clip_unlearn" / "data" / "__pycache__").is_dir()
+    assert (work / "src" / "clip_unlearn" / "core" / "data" / "__pycache__").is_dir()
     config = json.loads((work / "models" / "reference" / "open_clip_config.json").read_text())
     assert "train_seconds" not in config["clip_unlearn"]
     timing = json.loads((work / "models" / "reference.timing.json").read_text())

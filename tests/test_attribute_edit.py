@@ -5,14 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import run
 
-from clip_unlearn.models import load_model
-from clip_unlearn.schema import ConfigError
-from clip_unlearn.templates import zero_shot_templates
-from clip_unlearn.unlearning import ForgetRequest, run_method
-from clip_unlearn.unlearning.context import cached_split
-from clip_unlearn.unlearning.attribute_edit import AttributeEditConfig, fit_class_vector
-from clip_unlearn.zero_shot import class_vectors
+from clip_unlearn.core.models import load_model
+from clip_unlearn.core.request import ForgetRequest
+from clip_unlearn.core.schema import ConfigError
+from clip_unlearn.core.splits import cached_split
+from clip_unlearn.core.templates import zero_shot_templates
+from clip_unlearn.core.zero_shot import class_vectors
+from clip_unlearn.methods.attribute_edit import AttributeEditConfig, fit_class_vector
 
 RED_SEVEN = ForgetRequest(dataset="digits", classes=["seven"], where={"ink": "red"})
 
@@ -56,7 +57,7 @@ def test_only_the_class_vector_moves(tiny_params):
         return class_vectors(bundle, cached_split(d, "train", root).classes, zero_shot_templates(d)).clone()
 
     digits, shapes = vectors("digits"), vectors("shapes")
-    res = run_method(bundle, RED_SEVEN, "attribute_edit", None, root, ["shapes"], log=lambda _: None)
+    res = run(bundle, RED_SEVEN, "attribute_edit", None, root, ["shapes"], log=lambda _: None)
     assert res["data_free"] is True
     info = res["info"]["classes"]["seven"]
     assert info["n_stand_ins"] > 0 and info["cos_realized"] > 0.99
@@ -71,5 +72,5 @@ def test_only_the_class_vector_moves(tiny_params):
 def test_a_whole_class_is_refused_with_a_reason(tiny_params):
     bundle = load_model("clip-ref-tiny", device="cpu")
     with pytest.raises(ConfigError, match="subgroups"):
-        run_method(bundle, ForgetRequest(dataset="digits", classes=["seven"]), "attribute_edit", None,
+        run(bundle, ForgetRequest(dataset="digits", classes=["seven"]), "attribute_edit", None,
                    tiny_params.data.root, log=lambda _: None)

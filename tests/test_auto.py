@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import run
 
-from clip_unlearn.models import load_model
-from clip_unlearn.schema import ConfigError
-from clip_unlearn.unlearning import ForgetRequest, get_method, run_method
-from clip_unlearn.unlearning.auto import AutoConfig, excess
+from clip_unlearn.core.gate import Thresholds, excess
+from clip_unlearn.core.models import load_model
+from clip_unlearn.core.request import ForgetRequest
+from clip_unlearn.core.schema import ConfigError
+from clip_unlearn.methods import get_method
+from clip_unlearn.methods.auto import AutoConfig
 
 SEVEN = ForgetRequest(dataset="digits", classes=["seven"])
 QUICK = {"subgroup": {"fisher_batches": 1, "forget_steps": 1, "remind_steps": 2, "remind_batch_size": 8,
@@ -23,8 +26,8 @@ def _configs():
 def _auto(tiny_params, cfg: dict, request=SEVEN, thresholds=IMPOSSIBLE):
     torch.manual_seed(0)
     bundle = load_model("clip-ref-tiny", device="cpu")
-    return run_method(bundle, request, "auto", cfg, tiny_params.data.root, ["shapes"], log=lambda _: None,
-                      configs=_configs(), thresholds=thresholds)
+    return run(bundle, request, "auto", cfg, tiny_params.data.root, ["shapes"], configs=_configs(),
+               gate=Thresholds(**thresholds))
 
 
 def test_data_free_methods_run_first_and_real_data_last(tiny_params):
@@ -65,7 +68,7 @@ def test_text_edit_refuses_a_subgroup_with_a_reason(tiny_params):
     req = ForgetRequest(dataset="digits", classes=["seven"], where={"ink": "red"})
     bundle = load_model("clip-ref-tiny", device="cpu")
     with pytest.raises(ConfigError, match="image-side method"):
-        run_method(bundle, req, "text_edit", None, tiny_params.data.root, log=lambda _: None)
+        run(bundle, req, "text_edit", None, tiny_params.data.root, log=lambda _: None)
 
 
 def test_excess_weighs_each_miss_by_its_limit():

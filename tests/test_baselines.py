@@ -1,15 +1,16 @@
 import numpy as np
 import pytest
 import torch
+from conftest import run
 
-from clip_unlearn.data import load_dataset
-from clip_unlearn.models import load_model
-from clip_unlearn.train import train_reference
-from clip_unlearn.unlearning import baselines as _baselines, oracle as _oracle  # noqa: F401  (register)
-from clip_unlearn.unlearning.evaluate import request_mask, request_metrics
-from clip_unlearn.unlearning.oracle import oracle_train_sets
-from clip_unlearn.unlearning.request import ForgetRequest
-from clip_unlearn.unlearning.runner import run_method
+from clip_unlearn.core.data import load_dataset
+from clip_unlearn.core.measure import request_mask, request_metrics
+from clip_unlearn.core.models import load_model
+from clip_unlearn.core.request import ForgetRequest
+from clip_unlearn.core.train import train_reference
+from clip_unlearn.methods import baselines as _baselines  # noqa: F401  (register)
+from clip_unlearn.methods import oracle as _oracle
+from clip_unlearn.methods.oracle import oracle_train_sets
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +20,7 @@ def briefly_trained(tiny_params, tmp_path_factory):
     cfg = tiny_params.bootstrap.model_copy(update={"steps": 20, "batch_size": 32, "lr": 2e-3, "warmup_frac": 0.1,
                                                    "threads": torch.get_num_threads()})  # leave threads as found
     bundle, _ = train_reference(sets, cfg, log=lambda _: None)
-    from clip_unlearn.models import save_model
+    from clip_unlearn.core.models import save_model
 
     return save_model(bundle, tmp_path_factory.mktemp("brief") / "model")
 
@@ -35,7 +36,7 @@ def test_baseline_lowers_forget_accuracy_on_a_briefly_trained_model(method, brie
     req = ForgetRequest(dataset="digits", classes=[cls])
     before = request_metrics(bundle, req, root, split="train")["forget_top1"]
     assert before >= 0.5
-    out = run_method(bundle, req, method, {"steps": 10, "lr": 1e-3}, data_root=root, log=lambda _: None)
+    out = run(bundle, req, method, {"steps": 10, "lr": 1e-3}, data_root=root, log=lambda _: None)
     after = request_metrics(bundle, req, root, split="train")["forget_top1"]
     assert after < before - 0.3, (cls, before, after, out["info"])
 
@@ -45,7 +46,7 @@ def test_baseline_lowers_forget_accuracy_on_a_briefly_trained_model(method, brie
 def test_baseline_forgets_a_class_of_the_reference(method, reference_params):
     bundle = load_model(reference_params.model.dir)
     req = ForgetRequest(dataset="digits", classes=["seven"])
-    out = run_method(bundle, req, method, data_root=reference_params.data.root, others=["shapes"],
+    out = run(bundle, req, method, data_root=reference_params.data.root, others=["shapes"],
                      log=lambda _: None)
     assert out["before"]["forget_top1"] > 0.8
     assert out["after"]["forget_top1"] <= out["before"]["forget_top1"] - 0.5, out["after"]
@@ -80,7 +81,7 @@ def test_oracle_retrains_without_the_forgotten_items(tiny_params):
     before = {k: v.clone() for k, v in bundle.model.state_dict().items()}
     boot = tiny_params.bootstrap.model_copy(update={"steps": 2, "batch_size": 16})
     threads = torch.get_num_threads()
-    out = run_method(bundle, req, "oracle", {"bootstrap": boot.model_dump()}, data_root=root,
+    out = run(bundle, req, "oracle", {"bootstrap": boot.model_dump()}, data_root=root,
                      log=lambda _: None)
     assert torch.get_num_threads() == threads  # the caller's thread setting is kept
     info = out["info"]

@@ -5,7 +5,7 @@ import yaml
 from typer.testing import CliRunner
 
 from clip_unlearn.cli import app
-from clip_unlearn.models import load_model, save_model
+from clip_unlearn.core.models import load_model, save_model
 
 runner = CliRunner()
 
@@ -43,7 +43,7 @@ def test_bad_params_file_exits_2(tmp_path):
 
 
 def test_progress_bars_only_at_a_terminal(monkeypatch):
-    from clip_unlearn import progress
+    from clip_unlearn.core import progress
 
     monkeypatch.setattr(progress.sys.stderr, "isatty", lambda: False, raising=False)
     assert not progress.enabled() and list(progress.track(range(3), "x")) == [0, 1, 2]
@@ -58,7 +58,7 @@ def _one_line(res) -> bool:
 
 
 def test_request_files_that_are_not_json_text_exit_2_in_one_line(tiny_params, tmp_path):
-    from clip_unlearn.erasure.requests import MAX_REQUEST_BYTES
+    from clip_unlearn.pipeline.request_store import MAX_REQUEST_BYTES
 
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(tiny_params.model_dump()))

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 import clip_unlearn  # noqa: F401  (before torchvision, see clip_unlearn._compat)
-from clip_unlearn.data import (
+from clip_unlearn.core.data import (
     BUILTIN_DATASETS,
     DATASET_KINDS,
     SPLITS,
@@ -22,7 +22,7 @@ from clip_unlearn.data import (
     load_dataset,
     parse_spec,
 )
-from clip_unlearn.data.builtin import BACKGROUNDS, DIGIT_CLASSES, INKS, SHAPE_CLASSES
+from clip_unlearn.core.data.builtin import BACKGROUNDS, DIGIT_CLASSES, INKS, SHAPE_CLASSES
 
 SCALE = 0.05
 

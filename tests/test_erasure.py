@@ -10,14 +10,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from clip_unlearn import storage
-from clip_unlearn.certificate import verify_certificate
-from clip_unlearn.erasure import registry as reg
-from clip_unlearn.erasure import steps
-from clip_unlearn.erasure.eventlog import Lease
-from clip_unlearn.erasure.requests import ErasureRequest, RequestStore, parse_request
-from clip_unlearn.models import WEIGHTS_FILE, load_model, save_model
-from clip_unlearn.schema import ConfigError
+from clip_unlearn.core.models import WEIGHTS_FILE, load_model, save_model
+from clip_unlearn.core.schema import ConfigError
+from clip_unlearn.pipeline import model_registry as reg
+from clip_unlearn.pipeline import steps, storage
+from clip_unlearn.pipeline.certificate import verify_certificate
+from clip_unlearn.pipeline.eventlog import Lease
+from clip_unlearn.pipeline.job import lineage_of
+from clip_unlearn.pipeline.registration import register_base
+from clip_unlearn.pipeline.request_store import ErasureRequest, RequestStore, parse_request
 
 LENIENT = {k: None for k in ("forget_max", "retain_drop_max", "other_drop_max", "subgroup_rest_drop_max",
                               "other_classes_drop_max")} | {"relearn_forget_max": 1.0}
@@ -31,7 +32,7 @@ def env(tiny_params, stack, tiny_model_dir, tmp_path):
     p = tiny_params.model_copy(update={
         "storage": tiny_params.storage.model_copy(update={"bucket": stack["bucket"], "prefix": f"t/{name}"}),
         "registry": tiny_params.registry.model_copy(update={"model_name": name, "experiment": "tests"}),
-        "verify": tiny_params.verify.model_copy(update=LENIENT),
+        "gate": tiny_params.gate.model_copy(update=LENIENT),
         "assurance": tiny_params.assurance.model_copy(update={"relearn_steps": 2, "relearn_batch_size": 8,
                                                               "relearn_eval_every": 1, "probe_max_iter": 10}),
         "forget": tiny_params.forget.model_copy(update={"method": "projection"}),
@@ -40,7 +41,7 @@ def env(tiny_params, stack, tiny_model_dir, tmp_path):
     })
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(json.loads(p.model_dump_json())))
-    base = steps.register_base(p, tiny_model_dir)
+    base = register_base(p, tiny_model_dir)
     return {"params": p, "path": str(path), "name": name, "base": base, "client": reg.client(p.registry)}
 
 
@@ -155,8 +156,9 @@ def test_corrupted_weights_in_s3_are_refused(env, prefect_harness):
 
 
 def test_mlflow_down_leaves_the_request_pending_then_it_completes(env, prefect_harness, tmp_path):
-    from flows.process import process_requests
     from servers import free_port
+
+    from flows.process import process_requests
 
     down = env["params"].model_copy(update={"registry": env["params"].registry.model_copy(
         update={"tracking_uri": f"http://127.0.0.1:{free_port()}"})})
@@ -200,7 +202,7 @@ def test_lease_has_exactly_one_holder(env):
     from concurrent.futures import ThreadPoolExecutor
 
     leases = [Lease(env["params"].storage, f"locks/test/{env['name']}", ttl=30) for _ in range(6)]
-    import clip_unlearn.erasure.eventlog as ev
+    import clip_unlearn.pipeline.eventlog as ev
 
     ids = iter(range(100))
     orig = ev.worker_id
@@ -222,7 +224,7 @@ def test_non_finite_weights_abort_and_nothing_is_registered(env, prefect_harness
     bundle = load_model("clip-ref-tiny", device="cpu")
     with torch.no_grad():
         bundle.model.visual.proj[0, 0] = float("nan")   # one bad weight: unlearning spreads it
-    steps.register_base(p, str(save_model(bundle, tmp_path / "nan-model")), name, log=lambda s: None)
+    register_base(p, str(save_model(bundle, tmp_path / "nan-model")), name, log=lambda s: None)
     RequestStore(p.storage).submit(request(env, "nan", model=name))
     (out,) = process_requests(params_path=env["path"])
     assert out["state"] == "failed" and "non-finite" in out["reason"]
@@ -231,10 +233,10 @@ def test_non_finite_weights_abort_and_nothing_is_registered(env, prefect_harness
 
 
 def test_cli_submit_refuses_unknown_names_and_s3_down_loses_nothing(env, stack, prefect_harness, tmp_path):
+    from servers import free_port
     from typer.testing import CliRunner
 
     from clip_unlearn.cli import app
-    from servers import free_port
 
     runner = CliRunner()
     bad = tmp_path / "bad.json"
@@ -263,10 +265,10 @@ def test_cli_refuses_unknown_model_version_or_alias_at_the_door(env, stack, tmp_
     started; the message lists what exists. Registry down: exit 3, fast, nothing queued."""
     import time
 
+    from servers import free_port
     from typer.testing import CliRunner
 
     from clip_unlearn.cli import app
-    from servers import free_port
 
     runner, store = CliRunner(), RequestStore(env["params"].storage)
     cases = [({"model": "nope"}, ["no registered model 'nope' (registered: ", env["name"]]),
@@ -300,8 +302,9 @@ def test_cli_refuses_unknown_model_version_or_alias_at_the_door(env, stack, tmp_
 def test_mlflow_stopped_mid_queue_then_restarted(env, stack, prefect_harness):
     """The tracking server really stops (its process is killed): the request is recorded as
     retry, nothing is registered; after a restart on the same port and database it completes."""
-    from flows.process import process_requests
     from servers import start_mlflow, stop
+
+    from flows.process import process_requests
 
     store = RequestStore(env["params"].storage)
     store.submit(request(env, "outage"))
@@ -324,7 +327,7 @@ def test_synthetic_sets_are_stored_in_s3_and_reused(env, reference_params):
 
     p = env["params"].model_copy(update={"data": reference_params.data})
     name = f"syn-{uuid.uuid4().hex[:6]}"
-    steps.register_base(p, reference_params.model.dir, name, log=lambda s: None)
+    register_base(p, reference_params.model.dir, name, log=lambda s: None)
     methods = dict(p.methods)
     methods["lipschitz"] = methods["lipschitz"].model_copy(update={"synthesis": methods["lipschitz"].synthesis.model_copy(
         update={"per_class": 4, "batch_size": 8})})
@@ -353,7 +356,7 @@ def test_a_second_erasure_keeps_the_lineage_and_rechecks_it(env, prefect_harness
     lineage = json.loads(c.get_model_version(name, second["version"]).tags["lineage"])
     assert [(e["request_id"], e["forgotten"], e["limit"]) for e in lineage] == \
         [("gdpr-1", "digits:seven", 1.0), ("gdpr-2", "digits:three", None)]
-    assert [e["version"] for e in steps.lineage_of(c.get_model_version(name, second["version"]))] == \
+    assert [e["version"] for e in lineage_of(c.get_model_version(name, second["version"]))] == \
         ["2", second["version"]]
     job = steps.Job.create(env["params"], request(env, "gdpr-2", classes=["three"], base="2"))
     ver = json.loads((job.dir / "verification.json").read_text())

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import run
 
-from clip_unlearn.models import load_model, save_model
-from clip_unlearn.templates import zero_shot_templates
-from clip_unlearn.unlearning import ForgetRequest, get_method, run_method
-from clip_unlearn.unlearning.context import cached_split
-from clip_unlearn.unlearning.registry import METHODS
-from clip_unlearn.zero_shot import class_vectors
+from clip_unlearn.core.models import load_model, save_model
+from clip_unlearn.core.request import ForgetRequest
+from clip_unlearn.core.splits import cached_split
+from clip_unlearn.core.templates import zero_shot_templates
+from clip_unlearn.core.zero_shot import class_vectors
+from clip_unlearn.methods import get_method
+from clip_unlearn.methods.registry import METHODS
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -39,7 +41,7 @@ def _configs():
 def _run(params, name: str, device: str, request=SEVEN):
     torch.manual_seed(0)
     bundle = load_model("clip-ref-tiny", device=device)
-    res = run_method(bundle, request, name, QUICK.get(name), params.data.root, ["shapes"], log=lambda _: None,
+    res = run(bundle, request, name, QUICK.get(name), params.data.root, ["shapes"], log=lambda _: None,
                      configs=_configs())
     return bundle, res
 
@@ -64,7 +66,7 @@ def test_lipschitz_synthesizes_and_forgets_on_cuda(tiny_params):
     cfg = {"lr": 2e-2, "n_noise": 2, "max_epochs": 2, "synthesis": {"per_class": 4, "max_steps": 20, "p_high": 0.2,
                                                                      "p_floor": 0.11, "batch_size": 4, "max_tries": 8,
                                                                      "template": None}}
-    res = run_method(bundle, ForgetRequest(dataset="digits", classes=[classes[c]]), "lipschitz", cfg,
+    res = run(bundle, ForgetRequest(dataset="digits", classes=[classes[c]]), "lipschitz", cfg,
                      tiny_params.data.root, ["shapes"], log=lambda _: None)
     assert res["info"]["synthetic"]["source"] == "synthesized" and res["info"]["history"][0]["accuracy"] == 1.0
     assert {p.device.type for p in bundle.model.parameters()} == {"cuda"}

@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import pytest
 import torch
 
-from clip_unlearn.data import datasets as dsmod
-from clip_unlearn.erasure.verify import Thresholds, failed_reasons, lineage_checks, run_checks
-from clip_unlearn.models import load_model
-from clip_unlearn.unlearning import ForgetRequest, run_method
-from clip_unlearn.unlearning.context import UnlearnContext, cached_split, retained_split
-from clip_unlearn.unlearning.evaluate import request_metrics
-from clip_unlearn.unlearning.registry import METHODS, get_method
+from clip_unlearn.core.data import image_dataset
+from clip_unlearn.core.gate import Thresholds, failed_reasons, judge
+from clip_unlearn.core.measure import request_metrics
+from clip_unlearn.core.models import load_model
+from clip_unlearn.core.request import Earlier, ForgetRequest
+from clip_unlearn.core.splits import cached_split, retained_split
+from clip_unlearn.methods import METHODS, UnlearnContext, get_method
+from clip_unlearn.methods.context import freeze_copy
 
 EARLIER = [ForgetRequest(dataset="digits", classes=["seven"]),
            ForgetRequest(dataset="shapes", classes=["star"], where={"colour": "blue"})]
+EARLIER_ENTRIES = [Earlier(request_id=f"e{i}", forgotten=r.describe(), limit=0.05, version=str(i + 2))
+                   for i, r in enumerate(EARLIER)]
 NOW = ForgetRequest(dataset="digits", classes=["three"])
 NOW_SUBGROUP = ForgetRequest(dataset="digits", classes=["three"], where={"ink": "red"})  # for subgroup-only methods
 SUBGROUP_ONLY = {"attribute_edit", "standin_subgroup"}
@@ -53,13 +54,13 @@ def reads(monkeypatch):
     seen: list[str] = []
     cached_split.cache_clear()
     retained_split.cache_clear()
-    original = dsmod._FileLoader.__call__
+    original = image_dataset.FileLoader.__call__
 
     def record(self, j):
         seen.append(self.paths[j])
         return original(self, j)
 
-    monkeypatch.setattr(dsmod._FileLoader, "__call__", record)
+    monkeypatch.setattr(image_dataset.FileLoader, "__call__", record)
     yield seen
     cached_split.cache_clear()
     retained_split.cache_clear()
@@ -75,11 +76,9 @@ def test_no_method_reads_what_the_lineage_forgot(name, tiny_params, reads, tmp_p
     bundle = load_model("clip-ref-tiny", device="cpu")
     cfg = m.config_cls.model_validate(QUICK.get(name, {}))
     now = NOW_SUBGROUP if name in SUBGROUP_ONLY else NOW
-    ctx = UnlearnContext(now, root, data_free=m.data_free, lineage=EARLIER, others=["shapes"],
-                         log=lambda _: None, thresholds={"forget_max": 0.0, "forget_drop_min": 1.0},
+    ctx = UnlearnContext(now, root, data_free=m.data_free, lineage=EARLIER_ENTRIES, others=["shapes"],
+                         log=lambda _: None, gate=Thresholds(forget_max=0.0, forget_drop_min=1.0),
                          configs={n: get_method(n).config_cls.model_validate(c) for n, c in QUICK.items()})
-    from clip_unlearn.unlearning.context import freeze_copy
-
     ctx.original = freeze_copy(bundle)
     # Measuring is not training: the full val/test splits that evaluation (auto's val gate, like
     # verification on test) scores are decoded before recording; ctx's own sets are separate objects.
@@ -111,43 +110,36 @@ def test_retain_figures_leave_out_the_lineage(tiny_params):
 
 
 def test_a_regressed_earlier_erasure_fails_and_is_named():
-    lineage = [{"request_id": "gdpr-1", "forgotten": "digits:seven", "limit": 0.05, "version": "2"},
-               {"request_id": "take-2", "forgotten": "shapes:star", "limit": 0.05, "version": "3"}]
+    lineage = [Earlier(request_id="gdpr-1", forgotten="digits:seven", limit=0.05, version="2"),
+               Earlier(request_id="take-2", forgotten="shapes:star", limit=0.05, version=3)]
     after = {"forget_top1": 0.0, "retain_top1": 0.9, "other": {}, "lineage": {"digits:seven": 0.255,
                                                                                "shapes:star": 0.01}}
-    checks = run_checks({"forget_top1": 0.9, "retain_top1": 0.9}, after, Thresholds(), False)
-    checks += lineage_checks(after, lineage)
+    checks = judge({"forget_top1": 0.9, "retain_top1": 0.9}, after, Thresholds(), False, lineage)
     reasons = failed_reasons(checks)
     assert len(reasons) == 1 and "gdpr-1" in reasons[0] and "digits:seven" in reasons[0] and "v2" in reasons[0]
 
 
-def test_strict_gate_defaults_equal_the_targets(repo_params):
-    from clip_unlearn.unlearning.targets import TargetsConfig
-
-    t, v = TargetsConfig(), repo_params.verify
-    assert (v.forget_max, v.retain_drop_max, v.other_drop_max) == \
-        (t.classes.forget_max, t.classes.retain_drop_max, t.classes.other_drop_max)
-    assert (v.subgroup_forget_max, v.subgroup_rest_drop_max, v.other_classes_drop_max) == \
-        (t.subgroups.forget_max, t.subgroups.rest_drop_max, t.subgroups.other_classes_drop_max)
-    assert Thresholds() == v
+def test_params_gate_is_the_strict_default(repo_params):
+    assert repo_params.gate == Thresholds()
 
 
 @pytest.mark.slow
 def test_auto_erases_data_free_and_a_second_erasure_keeps_the_first(reference_params):
     """The Quickstart's request and a second one on top, on the trained reference (test split):
     both meet every target with a data-free method, and seven stays forgotten on the second version."""
-    from clip_unlearn.unlearning.targets import check_targets
+    from clip_unlearn.pipeline.unlearn import judge as gate
+    from clip_unlearn.pipeline.unlearn import unlearn
 
     p = reference_params
-    kw = dict(data_root=p.data.root, others=["shapes"], log=lambda _: None, configs=p.methods,
-              thresholds=p.verify.model_dump(), assurance=p.assurance)
     bundle = load_model(p.model.dir, device="cpu")
     seven, three = ForgetRequest(dataset="digits", classes=["seven"]), ForgetRequest(dataset="digits", classes=["three"])
-    first = run_method(bundle, seven, "auto", p.methods["auto"], **kw)
-    second = run_method(bundle, three, "auto", p.methods["auto"], lineage=[seven],
-                        lineage_limits={"digits:seven": p.verify.forget_max}, **kw)
-    for res in (first, second):
+    lineage = [Earlier(request_id="first", forgotten=seven.describe(), limit=p.gate.forget_max, version="2")]
+    first = unlearn(p, bundle, seven, "auto", log=lambda _: None)
+    judged = [gate(p, bundle, first)]
+    second = unlearn(p, bundle, three, "auto", lineage=lineage, log=lambda _: None)
+    judged.append(gate(p, bundle, second, lineage=lineage))
+    for res, verdict in zip((first, second), judged):
         assert res["data_free"] and res["before"]["forget_top1"] > 0.5
-        assert all(check_targets(res["before"], res["after"], p.targets, False).values()), res["after"]
-    assert second["after"]["lineage"]["digits:seven"] <= p.verify.forget_max
+        assert verdict["passed"], failed_reasons(verdict["checks"])
+    assert second["after"]["lineage"]["digits:seven"] <= p.gate.forget_max
     assert second["after"]["n_retain"] < first["after"]["n_retain"]   # sevens are no longer "retained"

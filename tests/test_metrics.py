@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from clip_unlearn import metrics
-from clip_unlearn.zero_shot import predict
+from clip_unlearn.core import metrics
+from clip_unlearn.core.zero_shot import predict
 
 
 def test_metrics_on_a_hand_made_case():

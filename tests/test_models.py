@@ -4,8 +4,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from clip_unlearn.clip_ops import encode_text
-from clip_unlearn.models import WEIGHTS_FILE, file_sha256, load_model, save_model
+from clip_unlearn.core.clip_ops import encode_text
+from clip_unlearn.core.models import WEIGHTS_FILE, file_sha256, load_model, save_model
 
 
 @pytest.fixture(scope="module")

@@ -2,16 +2,23 @@ import time
 
 import pytest
 import torch
+from conftest import run
 
-from clip_unlearn.clip_ops import encode_images
-from clip_unlearn.models import load_model
-from clip_unlearn.unlearning import ForgetRequest, run_method
-from clip_unlearn.templates import zero_shot_templates
-from clip_unlearn.unlearning.context import UnlearnContext
-from clip_unlearn.unlearning.projection import (ProjectionConfig, apply_to_visual, forget_directions, plain_projection,
-                                                projection, retention_projection)
-from clip_unlearn.zero_shot import class_vectors
-from clip_unlearn.unlearning.targets import check_targets
+from clip_unlearn.core.clip_ops import encode_images
+from clip_unlearn.core.gate import accuracy_checks
+from clip_unlearn.core.models import load_model
+from clip_unlearn.core.request import ForgetRequest
+from clip_unlearn.core.templates import zero_shot_templates
+from clip_unlearn.core.zero_shot import class_vectors
+from clip_unlearn.methods.context import UnlearnContext
+from clip_unlearn.methods.projection import (
+    ProjectionConfig,
+    apply_to_visual,
+    forget_directions,
+    plain_projection,
+    projection,
+    retention_projection,
+)
 
 E = torch.eye(3)
 
@@ -58,10 +65,10 @@ def test_projection_is_fast_on_vit_b_32():
 def test_projection_meets_class_targets_on_the_reference(reference_params):
     p = reference_params
     bundle = load_model(p.model.dir, device="cpu")
-    res = run_method(bundle, ForgetRequest(dataset="digits", classes=["seven"]), "projection",
+    res = run(bundle, ForgetRequest(dataset="digits", classes=["seven"]), "projection",
                      p.methods["projection"], p.data.root, ["shapes"])
-    checks = check_targets(res["before"], res["after"], p.targets, subgroup=False)
-    assert all(checks.values()), (checks, res["before"], res["after"])
+    checks = accuracy_checks(res["before"], res["after"], p.gate, subgroup=False)
+    assert all(c["passed"] for c in checks), (checks, res["before"], res["after"])
     assert res["info"]["rank"] == 1
 
 

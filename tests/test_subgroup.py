@@ -1,11 +1,12 @@
 import pytest
 import torch
+from conftest import run
 
-from clip_unlearn.models import load_model
-from clip_unlearn.unlearning import subgroup as _registers  # noqa: F401
-from clip_unlearn.unlearning.request import ForgetRequest
-from clip_unlearn.unlearning.runner import run_method
-from clip_unlearn.unlearning.subgroup import choose_soup_alpha, fisher_diag, rank_by_fisher_ratio
+from clip_unlearn.core.finetune import fisher_diag, rank_by_fisher_ratio
+from clip_unlearn.core.models import load_model
+from clip_unlearn.core.request import ForgetRequest
+from clip_unlearn.methods import subgroup as _registers  # noqa: F401
+from clip_unlearn.methods.soup import choose_soup_alpha
 
 GRID = [
     {"alpha": 0.0, "forget_top1": 0.90, "retain": 0.95},
@@ -67,7 +68,7 @@ def test_subgroup_changes_only_the_chosen_tensors_and_is_deterministic(tiny_para
         torch.manual_seed(0)  # same random init both times
         bundle = load_model("clip-ref-tiny", device="cpu")
         before = {k: v.clone() for k, v in bundle.model.state_dict().items()}
-        out = run_method(bundle, req, "subgroup", QUICK, data_root=tiny_params.data.root, seed=3,
+        out = run(bundle, req, "subgroup", QUICK, data_root=tiny_params.data.root, seed=3,
                          log=lambda _: None)
         after = bundle.model.state_dict()
         changed = {k for k in before if not torch.equal(before[k], after[k])}
@@ -83,7 +84,7 @@ def test_subgroup_soup_at_alpha_zero_is_the_original(tiny_params):
     bundle = load_model("clip-ref-tiny", device="cpu")
     before = {k: v.clone() for k, v in bundle.model.state_dict().items()}
     req = ForgetRequest(dataset="shapes", classes=["star"])  # a class request works too
-    out = run_method(bundle, req, "subgroup", {**QUICK, "alpha_grid": [0.0]},
+    out = run(bundle, req, "subgroup", {**QUICK, "alpha_grid": [0.0]},
                      data_root=tiny_params.data.root, log=lambda _: None)
     assert out["info"]["alpha"] == 0.0
     assert all(torch.equal(before[k], v) for k, v in bundle.model.state_dict().items())
@@ -93,7 +94,7 @@ def test_subgroup_soup_at_alpha_zero_is_the_original(tiny_params):
 def test_subgroup_meets_the_subgroup_targets_on_the_reference(reference_params):
     bundle = load_model(reference_params.model.dir)
     req = ForgetRequest(dataset="digits", classes=["seven"], where={"ink": "red"})
-    out = run_method(bundle, req, "subgroup", data_root=reference_params.data.root, others=["shapes"],
+    out = run(bundle, req, "subgroup", data_root=reference_params.data.root, others=["shapes"],
                      log=lambda _: None)
     bf, af = out["before"], out["after"]
     assert bf["forget_top1"] > 0.5  # there was something to forget

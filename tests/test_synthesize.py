@@ -4,12 +4,19 @@ import pytest
 import torch
 from PIL import Image
 
-from clip_unlearn.clip_ops import pixel_bounds
-from clip_unlearn.models import load_model
-from clip_unlearn.schema import ConfigError, validate
-from clip_unlearn.unlearning.synthesize import (SynthesisConfig, gaussian_blur, load_synthetic, save_synthetic,
-                                                synthesize, synthetic_accuracy, templates_for)
-from clip_unlearn.zero_shot import class_vectors
+from clip_unlearn.core.clip_ops import pixel_bounds
+from clip_unlearn.core.models import load_model
+from clip_unlearn.core.schema import ConfigError, validate
+from clip_unlearn.core.zero_shot import class_vectors
+from clip_unlearn.methods.synthetic import (
+    SynthesisConfig,
+    gaussian_blur,
+    invert_classes,
+    load_synthetic,
+    save_synthetic,
+    synthetic_accuracy,
+    templates_for,
+)
 
 SHAPES = ["circle", "square", "triangle", "star", "cross", "ring", "crescent", "heart", "arrow", "hourglass"]
 # A random tiny model reaches these low thresholds for circle (0) and crescent (6) within a few steps.
@@ -24,7 +31,7 @@ def random_bundle():
 
 @pytest.fixture(scope="module")
 def syn(random_bundle):
-    return synthesize(random_bundle, SHAPES, [0, 6], "shapes", EASY, seed=0, log=lambda s: None)
+    return invert_classes(random_bundle, SHAPES, [0, 6], "shapes", EASY, seed=0, log=lambda s: None)
 
 
 def test_accepted_images_satisfy_the_acceptance_rule(random_bundle, syn):
@@ -51,7 +58,7 @@ def test_threshold_drops_after_each_failed_try_down_to_the_floor(random_bundle):
     # circle does not reach 0.32 on this model within 15 steps: p walks down until tries pass.
     cfg = SynthesisConfig(per_class=2, max_steps=15, p_high=0.32, p_step=0.04, p_floor=0.2, batch_size=1,
                           max_tries=30)
-    s = synthesize(random_bundle, SHAPES, [0], "shapes", cfg, seed=0, log=lambda s: None).stats["per_class"]["circle"]
+    s = invert_classes(random_bundle, SHAPES, [0], "shapes", cfg, seed=0, log=lambda s: None).stats["per_class"]["circle"]
     used = s["thresholds_used"]
     assert s["failed_tries"] >= 1 and len(used) == 1 + s["failed_tries"]  # one try at a time: one drop per failure
     assert all(abs(b - max(a - 0.04, 0.2)) < 1e-9 for a, b in zip(used, used[1:]))
@@ -61,11 +68,11 @@ def test_threshold_drops_after_each_failed_try_down_to_the_floor(random_bundle):
 def test_unreachable_threshold_raises(random_bundle):
     cfg = SynthesisConfig(per_class=1, max_steps=2, p_high=0.99, p_floor=0.95, batch_size=2, max_tries=4)
     with pytest.raises(RuntimeError, match="no image of class"):
-        synthesize(random_bundle, SHAPES, [1], "shapes", cfg, seed=0, log=lambda s: None)
+        invert_classes(random_bundle, SHAPES, [1], "shapes", cfg, seed=0, log=lambda s: None)
 
 
 def test_same_seed_same_images(random_bundle, syn):
-    again = synthesize(random_bundle, SHAPES, [0, 6], "shapes", EASY, seed=0, log=lambda s: None)
+    again = invert_classes(random_bundle, SHAPES, [0, 6], "shapes", EASY, seed=0, log=lambda s: None)
     assert torch.equal(again.x, syn.x)
 
 
@@ -100,7 +107,7 @@ def test_authors_rescale_accepts_and_returns_the_min_max_rescaled_image(random_b
     """Their quirk (clip_forget_imagegen.py): what is accepted and trained is the min-max rescale of the ascent
     tensor, so every returned image spans exactly [0, 1] in pixels, and it satisfies the acceptance rule."""
     cfg = EASY.model_copy(update={"authors_rescale": True})
-    syn = synthesize(random_bundle, SHAPES, [6], "shapes", cfg, seed=0, log=lambda s: None)
+    syn = invert_classes(random_bundle, SHAPES, [6], "shapes", cfg, seed=0, log=lambda s: None)
     mean = torch.tensor(random_bundle.mean).view(1, 3, 1, 1)
     std = torch.tensor(random_bundle.std).view(1, 3, 1, 1)
     pixels = (syn.x * std + mean).flatten(1)
@@ -108,5 +115,5 @@ def test_authors_rescale_accepts_and_returns_the_min_max_rescaled_image(random_b
     assert torch.allclose(pixels.max(1).values, torch.ones(len(syn)), atol=1e-5)
     w = class_vectors(random_bundle, SHAPES, templates_for("shapes", cfg))
     assert synthetic_accuracy(random_bundle, syn.x, syn.labels, w) == 1.0
-    plain = synthesize(random_bundle, SHAPES, [6], "shapes", EASY, seed=0, log=lambda s: None)
+    plain = invert_classes(random_bundle, SHAPES, [6], "shapes", EASY, seed=0, log=lambda s: None)
     assert not torch.allclose(plain.x, syn.x)

@@ -1,7 +1,7 @@
 import torch
 
-from clip_unlearn.data import load_dataset
-from clip_unlearn.train import train_reference
+from clip_unlearn.core.data import load_dataset
+from clip_unlearn.core.train import train_reference
 
 
 def _train(params, **cfg):

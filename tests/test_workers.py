@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from clip_unlearn.erasure import registry as reg
-from clip_unlearn.erasure import steps
-from clip_unlearn.erasure.requests import ErasureRequest, RequestStore
 from servers import spawn, stop
 from test_erasure import LENIENT
+
+from clip_unlearn.pipeline import model_registry as reg
+from clip_unlearn.pipeline.registration import register_base
+from clip_unlearn.pipeline.request_store import ErasureRequest, RequestStore
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,7 +30,7 @@ def _params(tiny_params, stack, tmp_path, **erase):
     p = tiny_params.model_copy(update={
         "storage": tiny_params.storage.model_copy(update={"bucket": stack["bucket"],
                                                           "prefix": f"w/{uuid.uuid4().hex[:8]}"}),
-        "verify": tiny_params.verify.model_copy(update=LENIENT),
+        "gate": tiny_params.gate.model_copy(update=LENIENT),
         "assurance": tiny_params.assurance.model_copy(update={"enabled": False}),
         "erase": tiny_params.erase.model_copy(update={"workdir": str(tmp_path / "runs"), **erase}),
     })
@@ -59,7 +59,7 @@ def test_fifty_requests_two_workers_none_lost_none_doubled(tiny_params, stack, t
     p, path = _params(tiny_params, stack, tmp_path, model_wait_seconds=2, lease_seconds=300)
     models = [f"load-a-{uuid.uuid4().hex[:4]}", f"load-b-{uuid.uuid4().hex[:4]}"]
     for m in models:
-        steps.register_base(p, tiny_model_dir, m, log=lambda s: None)
+        register_base(p, tiny_model_dir, m, log=lambda s: None)
     store = RequestStore(p.storage)
     for i in range(50):
         assert store.submit(_req(models[i % 2], i)) == "created"
@@ -93,7 +93,7 @@ def test_fifty_requests_two_workers_none_lost_none_doubled(tiny_params, stack, t
 def test_worker_killed_mid_job_the_request_completes_exactly_once(tiny_params, stack, tiny_model_dir, tmp_path):
     p, path = _params(tiny_params, stack, tmp_path, lease_seconds=8, model_wait_seconds=30)
     model = f"kill-{uuid.uuid4().hex[:4]}"
-    steps.register_base(p, tiny_model_dir, model, log=lambda s: None)
+    register_base(p, tiny_model_dir, model, log=lambda s: None)
     store = RequestStore(p.storage)
     store.submit(_req(model, 7))
     w = _worker(path, tmp_path / "victim")

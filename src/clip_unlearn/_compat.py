@@ -42,6 +42,7 @@ def disable_telemetry() -> None:
 
 def _torchvision_ops_missing() -> bool:
     import importlib.util
+
     import torch
 
     if torch.version.cuda is not None or torch.version.hip is not None:

@@ -1,0 +1,82 @@
+"""Commands that run methods outside the erasure job: forget, synthesize, benchmark, methods."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from clip_unlearn.cli import errors
+from clip_unlearn.cli.options import PARAMS
+
+
+def forget(params: str = PARAMS,
+           method: Optional[str] = typer.Option(None, help="method name (default: forget.method)"),
+           dataset: Optional[str] = typer.Option(None, help="dataset of the request"),
+           cls: Optional[list[str]] = typer.Option(None, "--class", help="class to forget (repeatable)"),
+           where: Optional[list[str]] = typer.Option(None, help="subgroup filter attr=value (repeatable)"),
+           model: Optional[str] = typer.Option(None, help="base model (default: model.dir)"),
+           out: str = typer.Option("runs/forget/model", help="where to save the unlearned model"),
+           report: str = typer.Option("runs/forget/result.json", help="BF/AF metrics JSON")):
+    """Forget classes or a subgroup with one method; print before/after and the gate; save the model."""
+    from clip_unlearn.core.models import load_model, save_model
+    from clip_unlearn.core.request import ForgetRequest
+    from clip_unlearn.pipeline.benchmark import format_rows, row
+    from clip_unlearn.pipeline.unlearn import judge, unlearn
+
+    p = errors.params(params)
+    f = p.forget
+    conds = errors.where_option(where)
+    request = ForgetRequest(dataset=dataset or f.dataset, classes=cls or f.classes, where=conds if where else f.where)
+    bundle = load_model(model or p.model.dir, device=p.bootstrap.device)
+    result = unlearn(p, bundle, request, method or f.method)
+    judged = judge(p, bundle, result)
+    save_model(bundle, out, meta={"unlearning": {k: result[k] for k in ("method", "request", "config")}})
+    Path(report).parent.mkdir(parents=True, exist_ok=True)
+    Path(report).write_text(json.dumps(result | {"checks": judged["checks"]}, indent=1) + "\n")
+    typer.echo(format_rows([row(result, judged["checks"])]))
+    typer.echo(f"model: {out}\nreport: {report}")
+    if not judged["passed"]:
+        raise typer.Exit(1)
+
+
+def synthesize(params: str = PARAMS,
+               dataset: Optional[str] = typer.Option(None, help="dataset (default: forget.dataset)"),
+               cls: Optional[list[str]] = typer.Option(None, "--class", help="class (repeatable)"),
+               model: Optional[str] = typer.Option(None, help="model (default: model.dir)"),
+               out: str = typer.Option("runs/synthetic", help="output folder")):
+    """Synthetic forget images by model inversion (class names only): tensors, grid.png, summary.json."""
+    from clip_unlearn.core.models import load_model
+    from clip_unlearn.core.request import ForgetRequest
+    from clip_unlearn.core.splits import cached_split
+    from clip_unlearn.methods.synthetic import make_synthetic_set, save_synthetic
+
+    p = errors.params(params)
+    request = ForgetRequest(dataset=dataset or p.forget.dataset, classes=cls or p.forget.classes)
+    request.check(cached_split(request.dataset, "train", p.data.root).classes, {})
+    bundle = load_model(model or p.model.dir, device=p.bootstrap.device)
+    syn = make_synthetic_set(bundle, request, p.data.root, p.methods["lipschitz"].synthesis, seed=p.benchmark.seed)
+    folder = save_synthetic(syn, out, bundle.mean, bundle.std)
+    typer.echo(f"wrote {folder} ({len(syn.labels)} images; grid: {folder / 'grid.png'})")
+
+
+def benchmark(params: str = PARAMS,
+              holdout: bool = typer.Option(True, help="also run the hold-out block (benchmark.holdout)")):
+    """Run every method (and the oracle) on the benchmark requests; write metrics/benchmark.json."""
+    from clip_unlearn.pipeline.benchmark import format_rows, format_summary, run_benchmark
+
+    p = errors.params(params)
+    out = run_benchmark(p, holdout=holdout)
+    typer.echo("\n" + format_rows(out["rows"]))
+    typer.echo("\n" + format_summary(out))
+    typer.echo(f"\nwrote {p.benchmark.out}")
+
+
+def methods():
+    """List the registered unlearning methods."""
+    from clip_unlearn.methods import METHODS
+
+    for name, m in sorted(METHODS.items()):
+        typer.echo(f"{name:<16} {'data-free' if m.data_free else 'uses data':<10} {m.summary}")

@@ -1,0 +1,200 @@
+"""Create, load and save CLIP models (open_clip), offline and pickle-free.
+
+    from clip_unlearn.core.models import load_model, save_model
+    bundle = load_model("clip-ref-tiny")                      # random init, our reference arch
+    bundle = load_model("ViT-B-32", pretrained="openai")      # needs the hub (not offline)
+    bundle = load_model("ViT-B-32", pretrained="/w/b32.safetensors")
+    bundle = load_model("local-dir:models/reference")         # what save_model writes
+    bundle = load_model("s3://bucket/models/reference")       # same layout in a bucket
+    save_model(bundle, "models/reference")                    # safetensors + open_clip_config.json
+
+A saved model is an open_clip `local-dir:` folder: `open_clip_config.json` (model_cfg,
+preprocess_cfg, and our own metadata) and `open_clip_model.safetensors`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import boto3
+import open_clip
+import torch
+from open_clip.model import CLIP, CustomTextCLIP
+from safetensors.torch import load_file, save_file
+
+import clip_unlearn  # noqa: F401  (patches torchvision before open_clip imports it)
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+REFERENCE_ARCH = "clip-ref-tiny"
+CONFIG_FILE = "open_clip_config.json"
+WEIGHTS_FILE = "open_clip_model.safetensors"
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+
+@dataclass
+class ClipBundle:
+    """A model with what is needed to feed it: tokenizer and image normalization."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    arch: str
+    model_cfg: dict
+    image_size: int
+    mean: tuple = OPENAI_MEAN
+    std: tuple = OPENAI_STD
+    meta: dict = field(default_factory=dict)  # provenance written next to the weights
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device={device!r} asked for, but torch sees no CUDA device; use 'auto' or 'cpu'.")
+    return torch.device(device)
+
+
+def _image_size(model_cfg: dict) -> int:
+    size = model_cfg["vision_cfg"].get("image_size", 224)
+    return size[0] if isinstance(size, (list, tuple)) else int(size)
+
+
+def _check_weights_file(path: Path) -> None:
+    # Pickles run code on load: only safetensors, or torch's weights-only loader for .pt/.pth/.bin.
+    if path.suffix not in (".safetensors", ".pt", ".pth", ".bin"):
+        raise ValueError(f"{path}: unsupported checkpoint format {path.suffix!r}; use .safetensors "
+                         "(or a .pt/.pth/.bin state dict, loaded with weights_only=True).")
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+
+
+def load_model(name: str, pretrained: str | None = None, device: str = "auto",
+               cache_dir: str | Path | None = None) -> ClipBundle:
+    """Load a CLIP by open_clip architecture name (+ pretrained tag or file), `local-dir:`, a
+    folder written by `save_model`, or an `s3://` URI of such a folder."""
+    dev = resolve_device(device)
+    if name.startswith("s3://"):
+        name = "local-dir:" + str(download_s3_dir(name, cache_dir))
+    elif Path(name).is_dir() and (Path(name) / CONFIG_FILE).is_file():
+        name = "local-dir:" + name
+    meta: dict = {}
+    if name.startswith("local-dir:"):
+        folder = Path(name[len("local-dir:"):])
+        cfg_path = folder / CONFIG_FILE
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"{folder}: no {CONFIG_FILE}; expected a folder written by save_model "
+                                    "(open_clip_config.json + open_clip_model.safetensors).")
+        cfg = json.loads(cfg_path.read_text())
+        meta = cfg.get("clip_unlearn", {})
+        model_cfg = cfg["model_cfg"]
+        arch = meta.get("arch", folder.name)
+        weights = folder / WEIGHTS_FILE
+        _check_weights_file(weights)
+        model = _model_from_cfg(model_cfg)
+        _load_weights(model, weights)
+        pre = cfg.get("preprocess_cfg", {})
+        mean, std = tuple(pre.get("mean", OPENAI_MEAN)), tuple(pre.get("std", OPENAI_STD))
+    else:
+        arch = name
+        if arch not in open_clip.list_models():
+            raise ValueError(f"unknown model {arch!r}: give an open_clip architecture "
+                             f"(e.g. {REFERENCE_ARCH}, ViT-B-32), local-dir:PATH, a saved folder or s3://bucket/prefix.")
+        if pretrained and (Path(pretrained).suffix or os.sep in pretrained):
+            _check_weights_file(Path(pretrained))
+        # open_clip loads .safetensors as such and other files with torch.load(weights_only=True).
+        model = open_clip.create_model(arch, pretrained=pretrained, device="cpu")
+        model_cfg = open_clip.get_model_config(arch)
+        mean = tuple(getattr(model.visual, "image_mean", None) or OPENAI_MEAN)
+        std = tuple(getattr(model.visual, "image_std", None) or OPENAI_STD)
+        meta = {"arch": arch, "pretrained": pretrained}
+    model = model.to(dev).eval()
+    return ClipBundle(model=model, tokenizer=_tokenizer(arch, model_cfg), arch=arch, model_cfg=model_cfg, image_size=_image_size(model_cfg), mean=mean, std=std, meta=meta)
+
+
+def _tokenizer(arch: str, model_cfg: dict):
+    if arch in open_clip.list_models():
+        return open_clip.get_tokenizer(arch)
+    return open_clip.SimpleTokenizer(context_length=model_cfg["text_cfg"].get("context_length", 77))
+
+
+def _model_from_cfg(model_cfg: dict) -> torch.nn.Module:
+    cls = CustomTextCLIP if "hf_model_name" in model_cfg.get("text_cfg", {}) else CLIP
+    return cls(**model_cfg)
+
+
+def _load_weights(model: torch.nn.Module, path: Path) -> None:
+    if path.suffix == ".safetensors":
+        try:
+            state = load_file(str(path))
+        except Exception as e:  # truncated / not a safetensors file
+            raise ValueError(f"{path}: not a readable safetensors file ({e}); the file is corrupt or "
+                             "truncated: restore it from the registry or re-run the step that wrote it.") from e
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k != "attn_mask"]
+    if missing or unexpected:
+        raise ValueError(f"{path}: weights do not fit the config (missing {missing[:5]}, unexpected {unexpected[:5]}).")
+
+
+def save_model(bundle: ClipBundle, out_dir: str | Path, meta: dict | None = None) -> Path:
+    """Write `bundle` as an open_clip local-dir folder, atomically (temp folder, then rename)."""
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    state = {k: v.detach().to("cpu").contiguous() for k, v in bundle.model.state_dict().items()}
+    save_file(state, str(tmp / WEIGHTS_FILE))
+    info = {**bundle.meta, **(meta or {}), "arch": bundle.arch, "sha256": file_sha256(tmp / WEIGHTS_FILE)}
+    cfg = {"model_cfg": bundle.model_cfg,
+           "preprocess_cfg": {"size": bundle.image_size, "mean": list(bundle.mean), "std": list(bundle.std),
+                              "interpolation": "bicubic", "resize_mode": "shortest"},
+           "clip_unlearn": info}
+    (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    bundle.meta = info
+    return out
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def download_s3_dir(uri: str, cache_dir: str | Path | None = None) -> Path:
+    """Copy every object under an s3:// prefix into a local cache folder (boto3; the endpoint
+    comes from AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL for S3-compatible servers)."""
+    bucket, _, prefix = uri[len("s3://"):].partition("/")
+    prefix = prefix.strip("/")
+    base = Path(cache_dir or Path.home() / ".cache" / "clip_unlearn" / "s3")
+    dest = (base / bucket / prefix).resolve()
+    if not str(dest).startswith(str(base.resolve())):
+        raise ValueError(f"{uri}: the prefix escapes the cache folder")
+    s3 = boto3.client("s3")
+    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/")
+            for o in page.get("Contents", [])]
+    if not keys:
+        raise FileNotFoundError(f"{uri}: no objects under this prefix")
+    for key in keys:
+        target = (dest / key[len(prefix) + 1:]).resolve()
+        if not str(target).startswith(str(dest)):
+            raise ValueError(f"{uri}: object key {key!r} escapes its prefix")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        s3.download_file(bucket, key, str(target))
+    return dest

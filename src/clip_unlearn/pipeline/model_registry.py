@@ -1,0 +1,200 @@
+"""The model registry in MLflow: one registered model per deployed CLIP, one version per erasure.
+
+    c = client(cfg)                                   # RegistryError if no tracking server is set
+    mv = resolve(c, "clip-ref", "champion")          # alias or version number
+    check_base(cfg, "clip-ref", "3")                  # the same, after a quick reachability check
+    path = fetch(mv, storage_cfg, "runs/base")        # weights checked against the version's sha256
+    move_alias(c, storage_cfg, "clip-ref", "champion", "3", why="request gdpr-42 passed", expect="2")
+
+Weights live in S3 under `models/<name>/<sha256>/` (content-addressed, written once); a version's
+source is that URI and its tag `weights_sha256` is checked on every fetch. Every alias move is
+appended to `registry-audit/<name>/` in S3 (who, when, from, to, why) and tagged on the version.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+from pydantic import Field
+
+from clip_unlearn.core.models import CONFIG_FILE, WEIGHTS_FILE, file_sha256
+from clip_unlearn.core.schema import Section
+from clip_unlearn.pipeline import storage
+from clip_unlearn.pipeline.errors import IntegrityError, RegistryError
+from clip_unlearn.pipeline.eventlog import utcnow
+from clip_unlearn.pipeline.storage import StorageConfig
+
+
+class RegistryConfig(Section):
+    tracking_uri: str | None = Field(None, description="None: MLFLOW_TRACKING_URI from the environment")
+    model_name: str = Field("clip-ref", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+    experiment: str = "clip-unlearn-erasure"
+
+
+def tracking_uri(cfg: RegistryConfig) -> str:
+    uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        raise RegistryError("no MLflow tracking server configured: start the local stack and load its "
+                            "environment (bash infra/stack.sh start; eval \"$(bash infra/stack.sh env)\"), or set "
+                            "MLFLOW_TRACKING_URI / registry.tracking_uri in params.yaml.")
+    return uri
+
+
+def client(cfg: RegistryConfig):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri(cfg), registry_uri=tracking_uri(cfg))
+
+
+def ping(cfg: RegistryConfig, timeout: float = 10.0) -> None:
+    """Fail fast (ConnectionError) if an http(s) tracking server does not answer: MLflow's own
+    client retries a refused connection for about 4 minutes before it gives up."""
+    uri = tracking_uri(cfg)
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        pass   # it answered
+    except (OSError, ValueError) as e:
+        where = storage.scrub(storage.redact_url(uri))
+        raise ConnectionError(f"MLflow tracking server {where} is unreachable ({getattr(e, 'reason', e)}); "
+                              "nothing was changed. Start it (bash infra/stack.sh start) or retry later.") from None
+
+
+def check_base(cfg: RegistryConfig, name: str, ref: str):
+    """The version a request would erase from, checked before anything is queued or started:
+    RegistryError lists what exists; ConnectionError if the registry is unreachable."""
+    ping(cfg)
+    return resolve(client(cfg), name, ref)
+
+
+def actor() -> str:
+    return os.environ.get("CLIP_UNLEARN_ACTOR") or f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+def _not_found(e: Exception) -> bool:
+    return "RESOURCE_DOES_NOT_EXIST" in str(getattr(e, "error_code", "")) or "not found" in str(e).lower()
+
+
+def versions(c, name: str) -> list:
+    return sorted(c.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
+
+
+def aliases(c, name: str) -> dict[str, str]:
+    try:
+        return dict(c.get_registered_model(name).aliases)
+    except Exception as e:
+        if _not_found(e):
+            return {}
+        raise
+
+
+def resolve(c, name: str, ref: str):
+    """A ModelVersion by alias ('champion') or number ('3'); RegistryError says what exists."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        c.get_registered_model(name)
+    except MlflowException as e:
+        if not _not_found(e):
+            raise
+        known = [m.name for m in c.search_registered_models()]
+        raise RegistryError(f"no registered model {name!r} (registered: {', '.join(known) or 'none'}); "
+                            "register one with `unlearn bootstrap` or `unlearn models register`") from None
+    try:
+        return c.get_model_version(name, ref) if ref.isdigit() else c.get_model_version_by_alias(name, ref)
+    except MlflowException as e:
+        if not _not_found(e):
+            raise
+        have = ", ".join(f"{a}->v{v}" for a, v in aliases(c, name).items()) or "none"
+        nums = ", ".join(v.version for v in versions(c, name)) or "none"
+        what = "version" if ref.isdigit() else "alias"
+        raise RegistryError(f"{name}: no {what} {ref!r} (aliases: {have}; versions: {nums})") from None
+
+
+def find(c, name: str, **tags: str):
+    """The versions of `name` carrying all of these tags (e.g. request_id=...)."""
+    conds = " and ".join([f"name = '{name}'"] + [f"tags.{k} = '{v}'" for k, v in tags.items()])
+    return sorted(c.search_model_versions(conds), key=lambda v: int(v.version))
+
+
+def upload_model(cfg: StorageConfig, name: str, model_dir: str | Path) -> tuple[str, str]:
+    """Copy a saved model folder to S3 once, keyed by its weights' sha256. Returns (uri, sha256)."""
+    sha = file_sha256(Path(model_dir) / WEIGHTS_FILE)
+    prefix = storage.safe_key("models", name, sha)
+    s3 = storage.s3_client(cfg)
+    if not storage.exists(cfg, f"{prefix}/{WEIGHTS_FILE}", client=s3):
+        storage.put_file(cfg, f"{prefix}/{CONFIG_FILE}", Path(model_dir) / CONFIG_FILE, client=s3)
+        storage.put_file(cfg, f"{prefix}/{WEIGHTS_FILE}", Path(model_dir) / WEIGHTS_FILE, client=s3)
+    return storage.uri(cfg, prefix), sha
+
+
+def fetch(mv, cfg: StorageConfig, dest: str | Path) -> Path:
+    """Download a version's folder and check its weights against the registry's sha256."""
+    source, want = mv.source, (mv.tags or {}).get("weights_sha256")
+    root = storage.uri(cfg)
+    if not source.startswith(root + "/"):
+        raise RegistryError(f"{mv.name} v{mv.version}: source {source} is outside {root}; "
+                            "only versions whose weights live in the configured bucket can be fetched")
+    key = source[len(root) + 1:]
+    dest = Path(dest)
+    storage.get_file(cfg, f"{key}/{CONFIG_FILE}", dest / CONFIG_FILE)
+    storage.get_file(cfg, f"{key}/{WEIGHTS_FILE}", dest / WEIGHTS_FILE)
+    got = file_sha256(dest / WEIGHTS_FILE)
+    if not want or got != want:
+        (dest / WEIGHTS_FILE).unlink()
+        raise IntegrityError(f"{mv.name} v{mv.version}: weights at {source} have sha256 {got[:16]}..., the "
+                             f"registry recorded {str(want)[:16]}...; the object was changed or corrupted. "
+                             "Nothing was loaded; restore the object or roll back to another version.")
+    return dest
+
+
+def register(c, name: str, source: str, run_id: str | None, tags: dict, description: str = ""):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        c.create_registered_model(name, description="CLIP model managed by clip-unlearn")
+    except MlflowException as e:
+        if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code):
+            raise
+    return c.create_model_version(name, source, run_id=run_id, description=description,
+                                  tags={k: str(v) for k, v in tags.items()})
+
+
+def move_alias(c, cfg: StorageConfig, name: str, alias: str, version: str, why: str,
+               expect: str | None | bool = False) -> dict:
+    """Point `alias` at `version`, recording the move. `expect`: the version the alias must point at
+    now (None: must be unset); the move is refused if it moved meanwhile. False: no check."""
+    current = aliases(c, name).get(alias)
+    if expect is not False and current != expect:
+        raise RegistryError(f"{name}@{alias} is v{current}, expected v{expect}: it moved while this job ran; "
+                            "not moving it (rerun to erase from the new version)")
+    record = {"model": name, "alias": alias, "from": current, "to": str(version), "why": why,
+              "who": actor(), "when": utcnow()}
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    key = storage.safe_key("registry-audit", name, f"{stamp}-{time.time_ns() % 10**9:09d}-{uuid.uuid4().hex[:6]}.json")
+    storage.put_json(cfg, key, record)   # evidence first: a move is never unrecorded
+    c.set_registered_model_alias(name, alias, str(version))
+    c.set_model_version_tag(name, str(version), f"alias.{alias}.set", f"{record['when']} by {record['who']}: {why}")
+    return record
+
+
+def audit_log(cfg: StorageConfig, name: str) -> list[dict]:
+    keys = storage.list_keys(cfg, storage.safe_key("registry-audit", name) + "/")
+    return [storage.get_json(cfg, k) for k in sorted(keys)]
+
+
+def describe(mv) -> dict:
+    t = mv.tags or {}
+    return {"version": mv.version, "verdict": t.get("verdict", ""), "request_id": t.get("request_id", ""),
+            "method": t.get("method", ""), "forgotten": t.get("forgotten", ""), "base": t.get("base_version", ""),
+            "aliases": ",".join(mv.aliases or []), "sha256": t.get("weights_sha256", "")[:12]}
+

@@ -1,0 +1,60 @@
+"""Where an erasure's inputs came from: data versions (DVC hashes) and the code version.
+
+    data_versions("data", ["digits", "shapes"])   # {"digits": {"dvc_md5": ..., "files_sha256": ...}}
+    code_version()                                # {"git_commit": ..., "dirty": False, "package": "0.1.0"}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from clip_unlearn import __version__
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def _dvc_lock_md5s(lock: Path) -> dict[str, str]:
+    if not lock.is_file():
+        return {}
+    out = {}
+    for stage in (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).values():
+        for o in stage.get("outs", []):
+            out[str(Path(o["path"]))] = o.get("md5", "")
+    return out
+
+
+def tree_sha256(folder: Path) -> str:
+    """sha256 over (relative path, file sha256) of every file: any changed byte changes it."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(f.relative_to(folder).as_posix().encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def data_versions(root: str | Path, names: list[str], lock: Path = REPO / "dvc.lock") -> dict:
+    md5s = _dvc_lock_md5s(lock)
+    out = {}
+    for name in names:
+        folder = Path(root) / name
+        if not folder.is_dir():
+            continue
+        rel = str(folder.resolve().relative_to(REPO)) if folder.resolve().is_relative_to(REPO) else None
+        out[name] = {"files_sha256": tree_sha256(folder), "dvc_md5": md5s.get(rel) if rel else None}
+    return out
+
+
+def code_version() -> dict:
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10,
+                                  check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    commit = git("rev-parse", "HEAD")
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "src", "flows", "tasks")
+    return {"git_commit": commit, "dirty": bool(dirty) if commit else None, "package": __version__}
