@@ -9,7 +9,6 @@ from clip_unlearn.core.models import load_model
 from clip_unlearn.core.request import ForgetRequest
 from clip_unlearn.core.train import train_reference
 from clip_unlearn.methods import baselines as _baselines  # noqa: F401  (register)
-from clip_unlearn.methods import oracle as _oracle
 from clip_unlearn.methods.oracle import oracle_train_sets
 
 

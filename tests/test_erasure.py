@@ -141,11 +141,14 @@ def test_crash_between_register_and_promote_resumes_consistently(env, prefect_ha
 
 
 def test_corrupted_weights_in_s3_are_refused(env, prefect_harness):
+    """The version's weights changed in MLflow's artifact store (S3 behind the tracking server)."""
     from flows.process import process_requests
 
     p = env["params"]
-    sha = env["base"]["sha256"]
-    storage.put_bytes(p.storage, f"models/{env['name']}/{sha}/{WEIGHTS_FILE}", b"not the weights")
+    model_id = reg.model_id(env["client"].get_model_version(env["name"], "1"))
+    bucket = p.storage.model_copy(update={"prefix": ""})
+    (key,) = [k for k in storage.list_keys(bucket, "mlflow/") if model_id in k and k.endswith(WEIGHTS_FILE)]
+    storage.put_bytes(bucket, key, b"not the weights")
     with pytest.raises(reg.IntegrityError, match="sha256"):
         reg.fetch(env["client"].get_model_version(env["name"], "1"), p.storage, Path(p.erase.workdir) / "x")
     store = RequestStore(p.storage)

@@ -8,16 +8,11 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-import shutil
-import signal
 import socket
-import subprocess
-import sys
 import time
 import traceback
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 

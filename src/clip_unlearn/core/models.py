@@ -6,6 +6,7 @@
     bundle = load_model("ViT-B-32", pretrained="/w/b32.safetensors")
     bundle = load_model("local-dir:models/reference")         # what save_model writes
     bundle = load_model("s3://bucket/models/reference")       # same layout in a bucket
+    bundle = load_model("models:/clip-ref@champion")          # a registered version (MLFLOW_TRACKING_URI)
     save_model(bundle, "models/reference")                    # safetensors + open_clip_config.json
 
 A saved model is an open_clip `local-dir:` folder: `open_clip_config.json` (model_cfg,
@@ -83,9 +84,12 @@ def _check_weights_file(path: Path) -> None:
 def load_model(name: str, pretrained: str | None = None, device: str = "auto",
                cache_dir: str | Path | None = None) -> ClipBundle:
     """Load a CLIP by open_clip architecture name (+ pretrained tag or file), `local-dir:`, a
-    folder written by `save_model`, or an `s3://` URI of such a folder."""
+    folder written by `save_model`, an `s3://` URI of such a folder, or a registered version
+    `models:/NAME/VERSION` / `models:/NAME@ALIAS` (its weights checked against the registry)."""
     dev = resolve_device(device)
-    if name.startswith("s3://"):
+    if name.startswith("models:/"):
+        name = "local-dir:" + str(registered_dir(name, cache_dir))
+    elif name.startswith("s3://"):
         name = "local-dir:" + str(download_s3_dir(name, cache_dir))
     elif Path(name).is_dir() and (Path(name) / CONFIG_FILE).is_file():
         name = "local-dir:" + name
@@ -197,4 +201,50 @@ def download_s3_dir(uri: str, cache_dir: str | Path | None = None) -> Path:
             raise ValueError(f"{uri}: object key {key!r} escapes its prefix")
         target.parent.mkdir(parents=True, exist_ok=True)
         s3.download_file(bucket, key, str(target))
+    return dest
+
+
+REGISTERED_ARTIFACT = "artifacts/clip_model"   # the open_clip folder inside a registered MLflow model
+
+
+def mlflow_model_dir(name: str, version: str, dest: str | Path, tracking_uri: str | None = None) -> Path:
+    """Download the open_clip folder of registered version `version` of `name` (an MLflow model)
+    into `dest` (open_clip_config.json + open_clip_model.safetensors directly in it)."""
+    from mlflow.artifacts import download_artifacts  # heavy: MLflow's client
+
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+        got = Path(download_artifacts(artifact_uri=f"models:/{name}/{version}/{REGISTERED_ARTIFACT}", dst_path=tmp,
+                                      tracking_uri=tracking_uri, registry_uri=tracking_uri))
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in (CONFIG_FILE, WEIGHTS_FILE):
+            shutil.move(str(got / f), str(dest / f))
+    return dest
+
+
+def registered_dir(uri: str, cache_dir: str | Path | None = None) -> Path:
+    """models:/NAME/VERSION or models:/NAME@ALIAS -> a local folder. Versions that are MLflow models
+    come through MLflow's artifact store; older versions (a bare s3:// folder) from S3. The weights
+    must match the version's `weights_sha256` tag."""
+    from mlflow import MlflowClient  # heavy: MLflow's client
+
+    ref = uri[len("models:/"):]
+    client = MlflowClient()
+    try:
+        mv = client.get_model_version_by_alias(*ref.split("@", 1)) if "@" in ref else \
+            client.get_model_version(*ref.rsplit("/", 1))
+    except (TypeError, ValueError):
+        raise ValueError(f"{uri}: give models:/NAME/VERSION or models:/NAME@ALIAS") from None
+    dest = Path(cache_dir or Path.home() / ".cache" / "clip_unlearn" / "registry") / mv.name / str(mv.version)
+    if str(mv.source).startswith("models:/"):
+        mlflow_model_dir(mv.name, mv.version, dest)
+    elif str(mv.source).startswith("s3://"):
+        dest = download_s3_dir(mv.source, cache_dir)
+    else:
+        raise ValueError(f"{uri}: version {mv.version} has source {mv.source}, neither an MLflow model nor s3://")
+    want, got = (mv.tags or {}).get("weights_sha256"), file_sha256(dest / WEIGHTS_FILE)
+    if got != want:
+        raise ValueError(f"{uri}: version {mv.version}'s weights have sha256 {got[:16]}..., the registry recorded "
+                         f"{str(want)[:16]}...: changed or corrupted; nothing was loaded")
     return dest

@@ -10,7 +10,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from clip_unlearn.core.models import WEIGHTS_FILE, file_sha256
+from clip_unlearn.core.models import REGISTERED_ARTIFACT, WEIGHTS_FILE, file_sha256
 from clip_unlearn.pipeline import model_registry as reg
 from clip_unlearn.pipeline import storage
 from clip_unlearn.pipeline.certificate import canonical_record, verify_certificate
@@ -57,21 +57,34 @@ def audit(params, cert_path, trusted_pem: str | None = None) -> list[tuple[str, 
                     + ("" if valid else ": does not verify (record changed, or signed by another key)")))
 
     want, cert_sha = tags.get("weights_sha256"), model.get("new_sha256")
-    root = storage.uri(params.storage)
-    if not mv.source.startswith(root + "/"):
-        out.append(("weights", False, f"{mv.source} is outside {root}"))
-        return out
-    key = f"{mv.source[len(root) + 1:]}/{WEIGHTS_FILE}"
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            got = file_sha256(storage.get_file(params.storage, key, Path(tmp) / WEIGHTS_FILE))
-        except storage.ObjectNotFound:
-            return out + [("weights", False, f"no object at {storage.uri(params.storage, key)}")]
-    where = storage.uri(params.storage, key)
+    got, where = _stored_weights_sha256(params, mv)
+    if got is None:
+        return out + [("weights", False, where)]
     if got == want == cert_sha:
-        out.append(("weights", True, f"S3 object, registry weights_sha256 and certificate model.new_sha256 are "
+        out.append(("weights", True, f"stored weights, registry weights_sha256 and certificate model.new_sha256 are "
                                      f"all {got[:16]}... ({where})"))
     else:
-        out.append(("weights", False, f"S3 object {got[:16]}..., registry weights_sha256 {str(want)[:16]}..., "
+        out.append(("weights", False, f"stored weights {got[:16]}..., registry weights_sha256 {str(want)[:16]}..., "
                                       f"certificate model.new_sha256 {str(cert_sha)[:16]}... ({where})"))
     return out
+
+
+def _stored_weights_sha256(params, mv) -> tuple[str | None, str]:
+    """(sha256 of the version's weights as stored, where they are), or (None, why not): an MLflow model's
+    artifact through the tracking server, an older version's object in S3."""
+    with tempfile.TemporaryDirectory() as tmp:
+        if reg.is_mlflow_model(mv):
+            from mlflow.artifacts import download_artifacts  # heavy: MLflow's client
+
+            uri = f"models:/{mv.name}/{mv.version}/{REGISTERED_ARTIFACT}/{WEIGHTS_FILE}"
+            tracking = reg.tracking_uri(params.registry)
+            return file_sha256(download_artifacts(artifact_uri=uri, dst_path=tmp, tracking_uri=tracking,
+                                                  registry_uri=tracking)), uri
+        root = storage.uri(params.storage)
+        if not mv.source.startswith(root + "/"):
+            return None, f"{mv.source} is outside {root}"
+        key = f"{mv.source[len(root) + 1:]}/{WEIGHTS_FILE}"
+        try:
+            return file_sha256(storage.get_file(params.storage, key, Path(tmp) / WEIGHTS_FILE)), storage.uri(params.storage, key)
+        except storage.ObjectNotFound:
+            return None, f"no object at {storage.uri(params.storage, key)}"

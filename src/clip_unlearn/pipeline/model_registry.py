@@ -4,10 +4,12 @@
     mv = resolve(c, "clip-ref", "champion")          # alias or version number
     check_base(cfg, "clip-ref", "3")                  # the same, after a quick reachability check
     path = fetch(mv, storage_cfg, "runs/base")        # weights checked against the version's sha256
+    mv = register(c, "clip-ref", logged_model, tags)  # a new version of an MLflow model
     move_alias(c, storage_cfg, "clip-ref", "champion", "3", why="request gdpr-42 passed", expect="2")
 
-Weights live in S3 under `models/<name>/<sha256>/` (content-addressed, written once); a version's
-source is that URI and its tag `weights_sha256` is checked on every fetch. Every alias move is
+Every version is an MLflow model (pipeline/mlflow_model.py) in MLflow's artifact store, source
+`models:/m-<id>`; its tag `weights_sha256` is checked on every fetch. Versions registered before
+that (source: a bare `s3://<bucket>/models/<name>/<sha256>/` folder) keep loading from S3. Every alias move is
 appended to `registry-audit/<name>/` in S3 (who, when, from, to, why) and tagged on the version.
 """
 
@@ -18,13 +20,14 @@ import os
 import socket
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
 
 from pydantic import Field
 
-from clip_unlearn.core.models import CONFIG_FILE, WEIGHTS_FILE, file_sha256
+from clip_unlearn.core.models import CONFIG_FILE, WEIGHTS_FILE, file_sha256, mlflow_model_dir
 from clip_unlearn.core.schema import Section
 from clip_unlearn.pipeline import storage
 from clip_unlearn.pipeline.errors import IntegrityError, RegistryError
@@ -67,6 +70,11 @@ def ping(cfg: RegistryConfig, timeout: float = 10.0) -> None:
         where = storage.scrub(storage.redact_url(uri))
         raise ConnectionError(f"MLflow tracking server {where} is unreachable ({getattr(e, 'reason', e)}); "
                               "nothing was changed. Start it (bash infra/stack.sh start) or retry later.") from None
+
+
+def artifact_url(cfg: RegistryConfig, run_id: str, path: str) -> str:
+    """A browser URL of a run's artifact, served by the tracking server (HTML opens as a page)."""
+    return f"{tracking_uri(cfg).rstrip('/')}/get-artifact?{urllib.parse.urlencode({'path': path, 'run_uuid': run_id})}"
 
 
 def check_base(cfg: RegistryConfig, name: str, ref: str):
@@ -126,38 +134,42 @@ def find(c, name: str, **tags: str):
     return sorted(c.search_model_versions(conds), key=lambda v: int(v.version))
 
 
-def upload_model(cfg: StorageConfig, name: str, model_dir: str | Path) -> tuple[str, str]:
-    """Copy a saved model folder to S3 once, keyed by its weights' sha256. Returns (uri, sha256)."""
-    sha = file_sha256(Path(model_dir) / WEIGHTS_FILE)
-    prefix = storage.safe_key("models", name, sha)
-    s3 = storage.s3_client(cfg)
-    if not storage.exists(cfg, f"{prefix}/{WEIGHTS_FILE}", client=s3):
-        storage.put_file(cfg, f"{prefix}/{CONFIG_FILE}", Path(model_dir) / CONFIG_FILE, client=s3)
-        storage.put_file(cfg, f"{prefix}/{WEIGHTS_FILE}", Path(model_dir) / WEIGHTS_FILE, client=s3)
-    return storage.uri(cfg, prefix), sha
+def is_mlflow_model(mv) -> bool:
+    """A version logged as an MLflow model (source models:/m-<id>); older versions point at a bare
+    s3://<bucket>/models/<name>/<sha256> folder (no MLmodel) and keep loading from there."""
+    return str(mv.source).startswith("models:/")
 
 
-def fetch(mv, cfg: StorageConfig, dest: str | Path) -> Path:
-    """Download a version's folder and check its weights against the registry's sha256."""
-    source, want = mv.source, (mv.tags or {}).get("weights_sha256")
-    root = storage.uri(cfg)
-    if not source.startswith(root + "/"):
-        raise RegistryError(f"{mv.name} v{mv.version}: source {source} is outside {root}; "
-                            "only versions whose weights live in the configured bucket can be fetched")
-    key = source[len(root) + 1:]
-    dest = Path(dest)
-    storage.get_file(cfg, f"{key}/{CONFIG_FILE}", dest / CONFIG_FILE)
-    storage.get_file(cfg, f"{key}/{WEIGHTS_FILE}", dest / WEIGHTS_FILE)
+def model_id(mv) -> str | None:
+    """The LoggedModel id of a version (ModelVersion.model_id comes back empty through the REST server)."""
+    return getattr(mv, "model_id", None) or (str(mv.source)[len("models:/"):] if is_mlflow_model(mv) else None)
+
+
+def fetch(mv, cfg: StorageConfig, dest: str | Path, tracking_uri: str | None = None) -> Path:
+    """Download a version's open_clip folder into `dest` and check its weights against the version's
+    sha256 (through MLflow's artifact store; older versions straight from the configured bucket)."""
+    dest, want = Path(dest), (mv.tags or {}).get("weights_sha256")
+    if is_mlflow_model(mv):
+        mlflow_model_dir(mv.name, mv.version, dest, tracking_uri)
+    else:
+        source, root = mv.source, storage.uri(cfg)
+        if not source.startswith(root + "/"):
+            raise RegistryError(f"{mv.name} v{mv.version}: source {source} is outside {root}; "
+                                "only versions whose weights live in the configured bucket can be fetched")
+        key = source[len(root) + 1:]
+        storage.get_file(cfg, f"{key}/{CONFIG_FILE}", dest / CONFIG_FILE)
+        storage.get_file(cfg, f"{key}/{WEIGHTS_FILE}", dest / WEIGHTS_FILE)
     got = file_sha256(dest / WEIGHTS_FILE)
     if not want or got != want:
         (dest / WEIGHTS_FILE).unlink()
-        raise IntegrityError(f"{mv.name} v{mv.version}: weights at {source} have sha256 {got[:16]}..., the "
+        raise IntegrityError(f"{mv.name} v{mv.version}: weights at {mv.source} have sha256 {got[:16]}..., the "
                              f"registry recorded {str(want)[:16]}...; the object was changed or corrupted. "
                              "Nothing was loaded; restore the object or roll back to another version.")
     return dest
 
 
-def register(c, name: str, source: str, run_id: str | None, tags: dict, description: str = ""):
+def register(c, name: str, logged_model, tags: dict, description: str = ""):
+    """A new version of `name` from a LoggedModel (mlflow_model.log_clip_model): source models:/<id>."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -165,8 +177,9 @@ def register(c, name: str, source: str, run_id: str | None, tags: dict, descript
     except MlflowException as e:
         if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code):
             raise
-    return c.create_model_version(name, source, run_id=run_id, description=description,
-                                  tags={k: str(v) for k, v in tags.items()})
+    return c.create_model_version(name, f"models:/{logged_model.model_id}", run_id=logged_model.source_run_id,
+                                  description=description, tags={k: str(v) for k, v in tags.items()},
+                                  model_id=logged_model.model_id)
 
 
 def move_alias(c, cfg: StorageConfig, name: str, alias: str, version: str, why: str,

@@ -2,10 +2,13 @@
 
     data_versions("data", ["digits", "shapes"])   # {"digits": {"dvc_md5": ..., "files_sha256": ...}}
     code_version()                                # {"git_commit": ..., "dirty": False, "package": "0.1.0"}
+    dvc_object_uri("27b8...dir")                  # s3://clip-unlearn/dvc/files/md5/27/b8...dir (DVC's remote)
+    git_source_tags()                             # MLflow's mlflow.source.git.* run tags
 """
 
 from __future__ import annotations
 
+import configparser
 import hashlib
 import subprocess
 from pathlib import Path
@@ -47,14 +50,34 @@ def data_versions(root: str | Path, names: list[str], lock: Path = REPO / "dvc.l
     return out
 
 
-def code_version() -> dict:
-    def git(*args: str) -> str | None:
-        try:
-            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10,
-                                  check=True).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return None
+def _git(*args: str) -> str | None:
+    try:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
 
-    commit = git("rev-parse", "HEAD")
-    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "src", "flows", "tasks")
+
+def code_version() -> dict:
+    commit = _git("rev-parse", "HEAD")
+    dirty = _git("status", "--porcelain", "--untracked-files=no", "--", "src", "flows", "tasks")
     return {"git_commit": commit, "dirty": bool(dirty) if commit else None, "package": __version__}
+
+
+def git_source_tags(entry_point: str) -> dict[str, str]:
+    """The run tags MLflow's UI reads for a run's source (what git checkout made it, from where)."""
+    tags = {"mlflow.source.type": "JOB", "mlflow.source.name": entry_point,
+            "mlflow.source.git.commit": _git("rev-parse", "HEAD"), "mlflow.source.git.branch":
+            _git("rev-parse", "--abbrev-ref", "HEAD"), "mlflow.source.git.repoURL": _git("remote", "get-url", "origin")}
+    return {k: v for k, v in tags.items() if v}
+
+
+def dvc_object_uri(md5: str | None, config: Path = REPO / ".dvc" / "config") -> str | None:
+    """Where DVC's default remote keeps the object with this md5 (DVC 3 layout files/md5/xx/rest)."""
+    if not md5 or not config.is_file():
+        return None
+    cp = configparser.ConfigParser()
+    cp.read(config)
+    name = cp.get("core", "remote", fallback=None)
+    url = cp.get(f'remote "{name}"', "url", fallback=None) if name else None
+    return f"{url.rstrip('/')}/files/md5/{md5[:2]}/{md5[2:]}" if url else None

@@ -43,7 +43,7 @@ __all__ = ["Job", "certify", "fetch_base", "prepare_data", "promote", "register"
 def fetch_base(job: Job) -> dict:
     c = job.client()
     mv = reg.resolve(c, job.request.model, job.request.base)
-    folder = reg.fetch(mv, job.storage, job.dir / "base")
+    folder = reg.fetch(mv, job.storage, job.dir / "base", reg.tracking_uri(job.params.registry))
     return {"name": mv.name, "version": mv.version, "source": mv.source, "model_dir": str(folder),
             "sha256": mv.tags["weights_sha256"], "forgotten": mv.tags.get("forgotten_all", ""),
             "lineage": lineage_of(mv)}
@@ -165,8 +165,10 @@ def certify(job: Job, base: dict, registered: dict) -> dict:
     storage.upload_dir(job.storage, job.dir / "certificate", prefix)
     c.log_artifacts(registered["run_id"], str(job.dir / "certificate"), "certificate")
     uri = storage.uri(job.storage, f"{prefix}/certificate.json")
+    url = reg.artifact_url(job.params.registry, registered["run_id"], "certificate/certificate.html")
     c.set_model_version_tag(req.model, mv.version, "certificate", uri)
-    return {"uri": uri, "html": storage.uri(job.storage, f"{prefix}/certificate.html"),
+    c.set_model_version_tag(req.model, mv.version, "certificate_url", url)
+    return {"uri": uri, "html": storage.uri(job.storage, f"{prefix}/certificate.html"), "url": url,
             "local": str(files["html"]), "verdict": ver["verdict"], "failed": ver["failed"],
             "table": format_table(result["before"], result["after"]),
             "method": {k: record["method"][k] for k in ("name", "chosen", "kind")},
