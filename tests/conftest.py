@@ -13,6 +13,8 @@ import pytest
 import torch
 
 import clip_unlearn  # noqa: F401  (telemetry off, torchvision patched)
+from clip_unlearn.core.data import image_dataset
+from clip_unlearn.core.splits import cached_split, retained_split
 from clip_unlearn.methods import UnlearnContext, run_method
 from clip_unlearn.pipeline.config import Params, load_params
 
@@ -160,3 +162,31 @@ def stack(weed_server, tmp_path_factory):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def image_paths(root: str, requests) -> set[str]:
+    """Image paths of every split that the requests name."""
+    out = set()
+    for req in requests:
+        for split in ("train", "val", "test"):
+            ds = cached_split(req.dataset, split, root)
+            out |= {ds._load.paths[j] for j in ds._indices[req.covers(ds)]}
+    return out
+
+
+@pytest.fixture
+def reads(monkeypatch):
+    """Every image path decoded while the fixture is active (caches cleared first)."""
+    seen: list[str] = []
+    cached_split.cache_clear()
+    retained_split.cache_clear()
+    original = image_dataset.FileLoader.__call__
+
+    def record(self, j):
+        seen.append(self.paths[j])
+        return original(self, j)
+
+    monkeypatch.setattr(image_dataset.FileLoader, "__call__", record)
+    yield seen
+    cached_split.cache_clear()
+    retained_split.cache_clear()

@@ -226,7 +226,7 @@ def test_first_screen_tells_a_reader_what_was_promised_checked_and_held(tmp_path
                  "All 4 promises below held.", "reads forgotten data", "UNSIGNED"):
         assert fact in first, fact
     # each promise in words, its limit, the figure measured, whether it held
-    for fact in ("recognises what was forgotten in at most 5.0% of test images", "2.3% (was 91.0%)",
+    for fact in ("names what was forgotten in at most 5.0% of test images", "2.3% (was 91.0%)",
                  "retained classes falls by at most 3.0 pts", "1.3 pts (from 90.0% to 88.7%)",
                  "earlier erasure (digits:three, request req-3) stays forgotten: at most 5.0%",
                  "2.8% (erased in version 2)"):

@@ -12,7 +12,8 @@ from clip_unlearn.core.models import load_model, save_model
 from clip_unlearn.core.request import Earlier, ForgetRequest
 from clip_unlearn.core.schema import ConfigError
 from clip_unlearn.pipeline import steps
-from clip_unlearn.pipeline.benchmark import _run, row
+from clip_unlearn.pipeline.benchmark import _run
+from clip_unlearn.pipeline.benchmark_report import row
 from clip_unlearn.pipeline.job import Job, write_json
 
 BEFORE = {"forget_top1": 0.98, "retain_top1": 0.97, "other_top1": 0.95, "other": {"x": 0.95}}

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import image_paths as _paths
 
-from clip_unlearn.core.data import image_dataset
 from clip_unlearn.core.gate import Thresholds, failed_reasons, judge
 from clip_unlearn.core.measure import request_metrics
 from clip_unlearn.core.models import load_model
 from clip_unlearn.core.request import Earlier, ForgetRequest
-from clip_unlearn.core.splits import cached_split, retained_split
+from clip_unlearn.core.splits import cached_split
 from clip_unlearn.methods import METHODS, UnlearnContext, get_method
 from clip_unlearn.methods.context import freeze_copy
 
@@ -35,34 +35,6 @@ QUICK = {"gradient_ascent": {"steps": 2, "batch_size": 8}, "random_labels": {"st
                                   "cifar10:/data/cifar:cat"])
 def test_describe_and_parse_round_trip(text):
     assert ForgetRequest.parse(text).describe() == text
-
-
-def _paths(root: str, requests: list[ForgetRequest]) -> set[str]:
-    """Image paths of every split that the requests name."""
-    out = set()
-    for req in requests:
-        for split in ("train", "val", "test"):
-            ds = cached_split(req.dataset, split, root)
-            out |= {ds._load.paths[j] for j in ds._indices[req.covers(ds)]}
-    return out
-
-
-@pytest.fixture
-def reads(monkeypatch):
-    """Every image path decoded while the fixture is active (caches cleared first)."""
-    seen: list[str] = []
-    cached_split.cache_clear()
-    retained_split.cache_clear()
-    original = image_dataset.FileLoader.__call__
-
-    def record(self, j):
-        seen.append(self.paths[j])
-        return original(self, j)
-
-    monkeypatch.setattr(image_dataset.FileLoader, "__call__", record)
-    yield seen
-    cached_split.cache_clear()
-    retained_split.cache_clear()
 
 
 @pytest.mark.parametrize("name", sorted(m for m in METHODS if m != "auto") + ["auto"])

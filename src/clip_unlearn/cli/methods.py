@@ -23,7 +23,7 @@ def forget(params: str = PARAMS,
     """Forget classes or a subgroup with one method; print before/after and the gate; save the model."""
     from clip_unlearn.core.models import load_model, save_model
     from clip_unlearn.core.request import ForgetRequest
-    from clip_unlearn.pipeline.benchmark import format_rows, row
+    from clip_unlearn.pipeline.benchmark_report import format_depth, format_rows, row
     from clip_unlearn.pipeline.unlearn import judge, unlearn
 
     p = errors.params(params)
@@ -32,11 +32,12 @@ def forget(params: str = PARAMS,
     request = ForgetRequest(dataset=dataset or f.dataset, classes=cls or f.classes, where=conds if where else f.where)
     bundle = load_model(model or p.model.dir, device=p.bootstrap.device)
     result = unlearn(p, bundle, request, method or f.method)
-    judged = judge(p, bundle, result)
+    judged = judge(p, bundle, result, depth_always=True)
     save_model(bundle, out, meta={"unlearning": {k: result[k] for k in ("method", "request", "config")}})
     Path(report).parent.mkdir(parents=True, exist_ok=True)
     Path(report).write_text(json.dumps(result | {"checks": judged["checks"]}, indent=1) + "\n")
-    typer.echo(format_rows([row(result, judged["checks"])]))
+    r = row(result, judged["checks"], judged["depth"])
+    typer.echo(format_rows([r]) + "\n\n" + format_depth([r]))
     typer.echo(f"model: {out}\nreport: {report}")
     if not judged["passed"]:
         raise typer.Exit(1)
@@ -65,11 +66,13 @@ def synthesize(params: str = PARAMS,
 def benchmark(params: str = PARAMS,
               holdout: bool = typer.Option(True, help="also run the hold-out block (benchmark.holdout)")):
     """Run every method (and the oracle) on the benchmark requests; write metrics/benchmark.json."""
-    from clip_unlearn.pipeline.benchmark import format_rows, format_summary, run_benchmark
+    from clip_unlearn.pipeline.benchmark import run_benchmark
+    from clip_unlearn.pipeline.benchmark_report import format_depth, format_rows, format_summary
 
     p = errors.params(params)
     out = run_benchmark(p, holdout=holdout)
     typer.echo("\n" + format_rows(out["rows"]))
+    typer.echo("\n" + format_depth(out["rows"]))
     typer.echo("\n" + format_summary(out))
     typer.echo(f"\nwrote {p.benchmark.out}")
 

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from clip_unlearn.core.clip_ops import encode_images, encode_text, fast_cpu_attention, to_model_input
+from clip_unlearn.core.depth import DepthConfig
 from clip_unlearn.core.finetune import Sampler, zs_logits
 from clip_unlearn.core.measure import request_mask
 from clip_unlearn.core.models import ClipBundle
@@ -95,6 +96,7 @@ class AssuranceConfig(Section):
     probe_gate: bool = Field(False, description="whether the probe verdict blocks promotion (informational by default)")
     seed: int = Field(0, ge=0, description="seeds the relearn batches (and any stochastic layer)")
     enabled: bool = Field(True, description="run the assurance checks at all")
+    depth: DepthConfig = DepthConfig()
 
 
 # ---------------------------------------------------------------- relearn

@@ -19,6 +19,8 @@ from typing import Sequence
 from pydantic import Field
 
 from clip_unlearn.core.assurance import AssuranceConfig, probe_check, relearn_check
+from clip_unlearn.core.depth import METRICS as DEPTH_METRICS
+from clip_unlearn.core.depth import measure_depth
 from clip_unlearn.core.measure import request_metrics
 from clip_unlearn.core.models import ClipBundle
 from clip_unlearn.core.request import Earlier, ForgetRequest
@@ -41,6 +43,21 @@ class Thresholds(Section):
     # back to a coin-flip after a short benign fine-tune (settings: params assurance:).
     relearn_forget_max: float | None = Field(
         0.5, ge=0, le=1, description="highest forgotten top-1 anywhere along a short fine-tune on retained data")
+    # Depth (core/depth.py): what an attacker with the weights gets back, as recall of what was forgotten.
+    # Calibrated from the retrain oracle's figures on the named benchmark requests (docs/methods.md).
+    depth_prototypes_max: float | None = Field(None, ge=0, le=1, description="class means of a few labelled images")
+    depth_probe_max: float | None = Field(None, ge=0, le=1, description="a linear probe on image features")
+    depth_relearn_max: float | None = Field(None, ge=0, le=1, description="a few-shot relearning attack")
+    depth_paraphrase_max: float | None = Field(None, ge=0, le=1, description="zero-shot, paraphrased templates")
+    subgroup_depth_prototypes_max: float | None = Field(None, ge=0, le=1)
+    subgroup_depth_probe_max: float | None = Field(None, ge=0, le=1)
+    subgroup_depth_relearn_max: float | None = Field(None, ge=0, le=1)
+    subgroup_depth_paraphrase_max: float | None = Field(None, ge=0, le=1)
+
+    def depth_limits(self, subgroup: bool) -> dict[str, float | None]:
+        """metric -> limit (core/depth.py's names), for a class or a subgroup request."""
+        pre = "subgroup_depth_" if subgroup else "depth_"
+        return {m: getattr(self, f"{pre}{'relearn' if m == 'relearn_attack' else m}_max") for m in DEPTH_METRICS}
 
 
 def thresholds(defaults: Thresholds, override: dict | None, source: str = "request.thresholds") -> Thresholds:
@@ -97,11 +114,20 @@ def relearn_checks(peak: float | None, th: Thresholds) -> list[dict]:
     return _check("relearn_forget_top1", peak, th.relearn_forget_max, True, f"max <= {th.relearn_forget_max}")
 
 
+def depth_checks(depth: dict | None, th: Thresholds, subgroup: bool) -> list[dict]:
+    """Each measured depth figure (recall of what was forgotten) against its limit: depth_<metric>."""
+    checks = []
+    for metric, limit in th.depth_limits(subgroup).items():
+        checks += _check(f"depth_{metric}", (depth or {}).get(metric), limit, True, f"recall <= {limit}")
+    return checks
+
+
 def judge(before: dict, after: dict, th: Thresholds, subgroup: bool, lineage: Sequence[Earlier] = (),
-          relearn_peak: float | None = None) -> list[dict]:
-    """Every check of a before/after: accuracy, each earlier erasure, the relearning peak (if measured)."""
+          relearn_peak: float | None = None, depth: dict | None = None) -> list[dict]:
+    """Every check of a before/after: accuracy, each earlier erasure, the relearning peak and the depth
+    figures (those measured)."""
     return (accuracy_checks(before, after, th, subgroup) + lineage_checks(after.get("lineage", {}), lineage)
-            + relearn_checks(relearn_peak, th))
+            + relearn_checks(relearn_peak, th) + depth_checks(depth, th, subgroup))
 
 
 def passed(checks: list[dict]) -> bool:
@@ -120,27 +146,44 @@ def excess(checks: list[dict]) -> float:
 
 def assess(bundle: ClipBundle, request: ForgetRequest, before: dict, th: Thresholds, *, data_root: str,
            others: Sequence[str] = (), split: str = "test", lineage: Sequence[Earlier] = (),
-           assurance: AssuranceConfig | None = None, after: dict | None = None, always_relearn: bool = False,
-           figure_path: str | Path | None = None, base: ClipBundle | None = None) -> dict:
-    """Measure `bundle` on `split` and judge it: {"after", "checks", "relearn", "probe", "passed"}.
+           assurance: AssuranceConfig | None = None, after: dict | None = None, measure_all: bool = False,
+           depth_always: bool = False, figure_path: str | Path | None = None, base: ClipBundle | None = None) -> dict:
+    """Measure `bundle` on `split` and judge it: {"after", "checks", "relearn", "depth", "probe", "passed"}.
 
-    The relearning check (assurance settings) runs once the other checks pass, or always with
-    `always_relearn` (verification records its curve either way); `after` may pass metrics already
-    measured on this split. With assurance.probe_gate the linear probe (against `base`, test split)
-    is a check too."""
+    Cheapest first, each stage only once the checks before it pass: accuracy and lineage, the cheap
+    depth attacks (prototypes, probe, paraphrase), the relearning check, the relearning attack
+    (settings: assurance). `measure_all` runs every stage (verification records every figure),
+    `depth_always` every depth attack (the benchmark's depth columns); `after` may pass metrics already
+    measured on this split. With assurance.probe_gate the linear probe against `base` is a check too."""
     earlier = [e.request for e in lineage]
     after = after or request_metrics(bundle, request, data_root, list(others), split=split, lineage=earlier)
     checks = judge(before, after, th, request.is_subgroup, lineage)
-    relearn = None
-    if assurance is not None and assurance.enabled and assurance.relearn_steps and (always_relearn or passed(checks)):
+    on = assurance is not None and assurance.enabled
+    limits = th.depth_limits(request.is_subgroup)
+    depth_on = on and assurance.depth.enabled and (depth_always or measure_all
+                                                   or any(v is not None for v in limits.values()))
+    relearn, depth = None, ({} if depth_on else None)
+
+    def run_depth(metrics: tuple[str, ...]) -> None:
+        wanted = tuple(m for m in metrics if limits[m] is not None or measure_all or depth_always)
+        if depth_on and wanted and (measure_all or depth_always or passed(checks)):
+            got = measure_depth(bundle, request, data_root, assurance.depth, split, earlier, wanted)
+            depth.update({m: got[m] for m in wanted}, split=split, n_forget=got["n_forget"],
+                         seconds={**depth.get("seconds", {}), **got["seconds"]})
+            checks.extend(depth_checks({m: got[m] for m in wanted}, th, request.is_subgroup))
+
+    run_depth(("prototypes", "probe", "paraphrase"))
+    if on and assurance.relearn_steps and (measure_all or passed(checks)):
         relearn = relearn_check(bundle, request, data_root, assurance, figure_path, earlier, split=split,
                                 limit=th.relearn_forget_max)
         checks += relearn_checks(relearn["forget_top1_max"], th)
+    run_depth(("relearn_attack",))
     probe = None
-    if assurance is not None and assurance.enabled and assurance.probe_gate and (always_relearn or passed(checks)):
+    if on and assurance.probe_gate and (measure_all or passed(checks)):
         if base is None:
             raise ValueError("assurance.probe_gate is on: the gate needs the base model for the probe")
         probe = probe_check(base, bundle, request, data_root, assurance, lineage=earlier)
         checks.append({"name": "probe", "rule": "forgotten images no more separable than allowed",
                        "value": round(probe["new_balanced_accuracy"], 4), "limit": None, "passed": probe["passed"]})
-    return {"after": after, "checks": checks, "relearn": relearn, "probe": probe, "passed": passed(checks)}
+    return {"after": after, "checks": checks, "relearn": relearn, "depth": depth, "probe": probe,
+            "passed": passed(checks)}

@@ -173,6 +173,25 @@ def save_model(bundle: ClipBundle, out_dir: str | Path, meta: dict | None = None
     return out
 
 
+# Which tower a parameter belongs to (open_clip's CLIP): the image tower is `visual.*`.
+TEXT_TOWER = ("transformer.", "token_embedding", "positional_embedding", "ln_final", "text_projection")
+
+
+def tower_of(name: str) -> str:
+    return "image tower" if name.startswith("visual.") else "text tower" if name.startswith(TEXT_TOWER) else "other"
+
+
+def changed_parts(before: torch.nn.Module, after: torch.nn.Module) -> dict[str, dict]:
+    """Per tower: how many parameter tensors differ between two models of one architecture, of how many."""
+    old = dict(before.named_parameters())
+    out: dict[str, dict] = {}
+    for name, p in after.named_parameters():
+        cell = out.setdefault(tower_of(name), {"changed": 0, "tensors": 0})
+        cell["tensors"] += 1
+        cell["changed"] += int(not torch.equal(p.detach().cpu(), old[name].detach().cpu()))
+    return out
+
+
 def file_sha256(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

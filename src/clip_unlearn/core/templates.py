@@ -24,6 +24,25 @@ def zero_shot_templates(dataset: str) -> list[str]:
     return ZERO_SHOT_TEMPLATES.get(dataset, ZERO_SHOT_TEMPLATES["default"])
 
 
+# Paraphrases for the depth check (core/depth.py): worded unlike the templates above, the training
+# captions and text_edit's prompt forms, so no method fits on them.
+PARAPHRASES: dict[str, list[str]] = {
+    "digits": ["a picture showing the numeral {c}.", "{c}, written as a single digit.", "a scan of a {c}.",
+               "the figure {c} drawn in ink.", "there is a {c} in this picture.",
+               "a small picture with the numeral {c} in it.", "a {c} written by hand.",
+               "a snapshot of the numeral {c}."],
+    "shapes": ["a picture showing a {c}.", "a {c} drawn on a plain background.", "there is a {c} in this picture.",
+               "an illustration of a {c}.", "a simple {c} figure.", "a rendering of the {c}.",
+               "a graphic of a {c}.", "the outline of a {c}."],
+    "default": ["a picture showing a {c}.", "there is a {c} in this picture.", "an illustration of a {c}.",
+                "a snapshot of a {c}.", "a rendering of the {c}.", "a {c}, seen up close."],
+}
+
+
+def paraphrase_templates(dataset: str) -> list[str]:
+    return PARAPHRASES.get(dataset, PARAPHRASES["default"])
+
+
 # Attribute phrases per built-in dataset: how each attribute reads inside a caption.
 _ATTR_PHRASES = {
     "ink": "{v} ink", "background": "on a {v} background", "colour": "{v}", "size": "{v}",

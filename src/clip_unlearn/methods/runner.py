@@ -16,7 +16,7 @@ import time
 import torch
 
 from clip_unlearn.core.measure import request_metrics
-from clip_unlearn.core.models import ClipBundle
+from clip_unlearn.core.models import ClipBundle, changed_parts
 from clip_unlearn.core.schema import Section, validate
 from clip_unlearn.methods.context import UnlearnContext, freeze_copy
 from clip_unlearn.methods.registry import get_method
@@ -50,5 +50,6 @@ def run_method(bundle: ClipBundle, method: str, ctx: UnlearnContext, cfg: Sectio
     after = request_metrics(bundle, ctx.request, ctx.data_root, ctx.others, lineage=ctx.earlier)
     return {"method": method, "request": ctx.request.model_dump(), "config": cfg.model_dump(),
             "data_free": bool(info.get("data_free", m.data_free)),
+            "changed": changed_parts(ctx.original.model, bundle.model),
             "lineage": [e.forgotten for e in ctx.lineage], "before": before, "after": after,
             "seconds": round(seconds, 3), "info": info}

@@ -22,7 +22,7 @@ from pathlib import Path
 from clip_unlearn.core.assurance import probe_check
 from clip_unlearn.core.data import BUILTIN_DATASETS
 from clip_unlearn.core.gate import failed_reasons, forget_limit
-from clip_unlearn.core.models import load_model, save_model
+from clip_unlearn.core.models import changed_parts, load_model, save_model
 from clip_unlearn.core.schema import ConfigError
 from clip_unlearn.methods.synthetic import load_synthetic, make_synthetic_set, save_synthetic
 from clip_unlearn.pipeline import model_registry as reg
@@ -31,6 +31,7 @@ from clip_unlearn.pipeline.certificate import format_table, write_certificate
 from clip_unlearn.pipeline.config import Params
 from clip_unlearn.pipeline.eventlog import utcnow
 from clip_unlearn.pipeline.job import Job, clean, earlier, lineage_of, method_record, write_json
+from clip_unlearn.pipeline.oracles import yardstick
 from clip_unlearn.pipeline.reference import dataset_is_current, make_dataset
 from clip_unlearn.pipeline.registration import register
 from clip_unlearn.pipeline.unlearn import gate_in_force, judge
@@ -118,20 +119,21 @@ def verify(job: Job, base_dir: str, model_dir: str, result_path: str, lineage: l
     out_dir = job.dir / "assurance"
     out_dir.mkdir(parents=True, exist_ok=True)
     judged = judge(p, new_model, result, lineage=earlier(list(lineage)), thresholds=req.thresholds, remeasure=True,
-                   always_relearn=True, figure_path=out_dir / "relearn.png", base=base)
+                   measure_all=True, figure_path=out_dir / "relearn.png", base=base)
     checks = judged["checks"]
     if p.assurance.enabled:
         probe = judged["probe"] or probe_check(base, new_model, req.forget_request(), p.data.root, p.assurance,
                                                out_dir / "probe.png", [e.request for e in earlier(list(lineage))])
-        assurance = {"relearn": judged["relearn"], "probe": probe}
+        assurance = {"relearn": judged["relearn"], "probe": probe, "depth": judged["depth"]}
     else:
         skipped = {"skipped": True, "reason": "assurance.enabled is false"}
-        assurance = {"relearn": dict(skipped), "probe": dict(skipped)}
+        assurance = {"relearn": dict(skipped), "probe": dict(skipped), "depth": dict(skipped)}
     measured = judged["after"].get("lineage", {})
     lineage_now = [{**e, "value": measured.get(e["forgotten"])} for e in lineage]
     out = {"verdict": "passed" if judged["passed"] else "failed", "checks": checks, "thresholds": th.model_dump(),
            "lineage": lineage_now, "forget_limit": forget_limit(th, bool(req.where)),
-           "failed": failed_reasons(checks), "assurance": assurance}
+           "failed": failed_reasons(checks), "assurance": assurance,
+           "changed": changed_parts(base.model, new_model.model)}
     write_json(job.dir / "verification.json", out)
     return out
 
@@ -149,6 +151,8 @@ def certify(job: Job, base: dict, registered: dict) -> dict:
               "method": method_record(req.method, result),
               "before": result["before"], "after": result["after"], "thresholds": ver["thresholds"],
               "checks": ver["checks"], "lineage": ver.get("lineage", []), "verdict": ver["verdict"], "assurance": ver["assurance"],
+              "changed": ver.get("changed"),
+              "yardstick": None if base.get("lineage") else yardstick(job.params, base["sha256"], req.forget_request()),
               "data_versions": json.loads(mv.tags.get("data_versions", "{}")),
               "code_version": json.loads(mv.tags.get("code_version", "{}")),
               "created_at": utcnow()}

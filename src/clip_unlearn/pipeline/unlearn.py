@@ -45,12 +45,12 @@ def unlearn(params, bundle: ClipBundle, request: ForgetRequest, method: str, *, 
 
 
 def judge(params, bundle: ClipBundle, result: dict, *, lineage: Sequence[Earlier] = (), thresholds: dict | None = None,
-          remeasure: bool = False, always_relearn: bool = False, figure_path: str | Path | None = None,
-          base: ClipBundle | None = None) -> dict:
+          remeasure: bool = False, measure_all: bool = False, depth_always: bool = False,
+          figure_path: str | Path | None = None, base: ClipBundle | None = None) -> dict:
     """The gate's verdict on an unlearned model (test split): gate.assess with params and the request's
     thresholds. `remeasure` measures `after` on `bundle` again instead of taking result["after"]."""
     request = ForgetRequest(**result["request"])
     return gate.assess(bundle, request, result["before"], gate_in_force(params, thresholds),
                        data_root=params.data.root, others=others(params, request), split="test", lineage=lineage,
                        assurance=params.assurance, after=None if remeasure else result["after"],
-                       always_relearn=always_relearn, figure_path=figure_path, base=base)
+                       measure_all=measure_all, depth_always=depth_always, figure_path=figure_path, base=base)

@@ -104,7 +104,8 @@ def _flat(d: dict, prefix: str = "") -> list[tuple[str, str]]:
 
 # check name -> (the promise in plain words, "%" or "pts", the before/after metric it is about)
 _PROMISES = {
-    "forget_top1": ("The model recognises what was forgotten in at most {lim} of test images", "%", "forget_top1"),
+    "forget_top1": ("Asked by name (zero-shot, the project's prompts), the model names what was forgotten in at "
+                    "most {lim} of test images", "%", "forget_top1"),
     "forget_drop": ("Recognition of what was forgotten falls by at least {lim}", "pts", "forget_top1"),
     "retain_top1": ("Accuracy on the retained classes stays at or above {lim}", "%", "retain_top1"),
     "retain_drop": ("Accuracy on the retained classes falls by at most {lim}", "pts", "retain_top1"),
@@ -117,10 +118,18 @@ _PROMISES = {
                             "below {lim} (it is not relearned)", "%", None),
     "probe": ("A linear probe tells forgotten from retained images less well than on the base model",
               "%", None),
+    "depth_prototypes": ("With {shots} labelled images per class (class means of image features), an attacker "
+                         "recognises what was forgotten in at most {lim} of test images", "%", None),
+    "depth_probe": ("A linear probe trained on the image features of every class recognises what was forgotten "
+                    "in at most {lim} of test images", "%", None),
+    "depth_relearn_attack": ("{shots} labelled images of what was forgotten and a short fine-tune bring it back to "
+                             "at most {lim} of test images (zero-shot)", "%", None),
+    "depth_paraphrase": ("Asked with paraphrased prompts that no method saw, the model names what was forgotten in "
+                         "at most {lim} of test images", "%", None),
 }
 
 
-def _promise(c: dict, before: dict, after: dict, lineage: dict) -> tuple[str, str, str]:
+def _promise(c: dict, before: dict, after: dict, lineage: dict, shots=10) -> tuple[str, str, str]:
     """(promise, limit, evidence) of one check, in words and rounded figures."""
     name = str(c.get("name"))
     if name.startswith("lineage:"):
@@ -143,7 +152,35 @@ def _promise(c: dict, before: dict, after: dict, lineage: dict) -> tuple[str, st
         evidence += " at most, while relearning"
     elif name.startswith("lineage:"):
         evidence += f" (erased in version {e.get('version', '?')})"
+    text = text.replace("{shots}", str(shots))
     return text.replace("{lim}", limit or "the allowed margin"), limit or "—", evidence
+
+
+def _yardstick(c: dict, cert: dict) -> str:
+    """What the retrain oracle reaches on the same figure (depth checks), in words; "—" otherwise."""
+    name, ys = str(c.get("name")), cert.get("yardstick") or {}
+    value = (ys.get("values") or {}).get(name[len("depth_"):]) if name.startswith("depth_") else None
+    if value is None:
+        return "—"
+    return f"{_pct(value)} ({ys.get('kind', 'retrained without it')})"
+
+
+def _changed(cert: dict) -> tuple[str, str | None]:
+    """(which parts of the model changed, a warning when the image tower did not)."""
+    parts = cert.get("changed") or {}
+    if not parts:
+        return "not recorded", None
+
+    def one(tower: str, p: dict) -> str:
+        n = p.get("changed")
+        return f"{tower}: unchanged" if n == 0 else f"{tower}: {n} of {p.get('tensors')} tensors changed"
+
+    text = "; ".join(one(t, p) for t, p in parts.items() if t != "other")
+    warn = None
+    if (parts.get("image tower") or {}).get("changed") == 0:
+        warn = ("The image tower is unchanged, bit for bit: the name is gone, but anyone with the weights can still "
+                "recognise these images from their image features (the depth promises below say how well).")
+    return text, warn
 
 
 def _informational(cert: dict) -> list[tuple[str, str, str, str]]:
@@ -303,10 +340,13 @@ def page(cert: dict, figures: dict[str, Path]) -> dict:
     if meth.get("chosen") and meth.get("chosen") != method:
         method = f"{method} (chose {meth['chosen']})"
     by_id = {str(e.get("request_id")): e for e in lineage}
+    shots = ((cert.get("assurance") or {}).get("depth") or {}).get("shots", 10)
     promises = []
     for c in checks:
-        text, limit, evidence = _promise(c, before, after, by_id)
-        promises.append({"text": text, "limit": limit, "evidence": evidence, "held": _held(c.get("passed"))})
+        text, limit, evidence = _promise(c, before, after, by_id, shots)
+        promises.append({"text": text, "limit": limit, "evidence": evidence, "yardstick": _yardstick(c, cert),
+                         "held": _held(c.get("passed"))})
+    changed, unchanged_warning = _changed(cert)
     th = cert.get("thresholds") or {}
     sig = cert.get("signature")
     return {
@@ -317,7 +357,9 @@ def page(cert: dict, figures: dict[str, Path]) -> dict:
         "verdict": _verdict_badge(verdict), "summary": _summary(verdict, checks, len(info)),
         "facts": _pairs([("What was asked", asked), ("Requested by", req.get("requester")), ("Why", req.get("reason")),
                          ("Result", f"{name} version {model.get('version')} ({model.get('uri') or 'no registry URI'})"),
-                         ("Method", f"{method}, {_method_kind(meth)}"), ("Signature", _signature_line(cert))]),
+                         ("Method", f"{method}, {_method_kind(meth)}"), ("Parts of the model changed", changed),
+                         ("Signature", _signature_line(cert))]),
+        "unchanged_warning": unchanged_warning,
         "promises": promises, "informational": info, "lineage": [_lineage_row(e) for e in lineage],
         "table": [(label, _pct(b), _pct(a), _change(b, a)) for label, b, a in _rows(before, after)],
         "n_forget": _show(after.get("n_forget", before.get("n_forget"))),
