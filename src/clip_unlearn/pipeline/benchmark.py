@@ -27,7 +27,8 @@ from clip_unlearn.core.models import WEIGHTS_FILE, file_sha256, load_model
 from clip_unlearn.core.request import Earlier, ForgetRequest
 from clip_unlearn.core.schema import Section
 from clip_unlearn.core.splits import cached_split
-from clip_unlearn.pipeline.benchmark_report import add_oracle_gaps, format_rows, plot_per_class, row, summarize
+from clip_unlearn.pipeline.benchmark_report import (add_oracle_gaps, depth_plot_rows, format_rows, plot_per_class, row,
+                                                   summarize)
 from clip_unlearn.pipeline.oracles import oracle_model, write_yardstick
 from clip_unlearn.pipeline.unlearn import gate_in_force, judge, others, unlearn
 
@@ -68,6 +69,8 @@ class BenchmarkConfig(Section):
                                     description="training seeds of the oracle (the first is the yardstick)")
     oracle_cache: str = Field("runs/oracles", description="where oracles are kept (pipeline/oracles.py)")
     yardstick: str = Field("metrics/oracle_depth.json", description="the oracles' depth figures, read by certificates")
+    summary: str = Field("metrics/benchmark_summary.json", description="shares and depth gaps (DVC metrics)")
+    depth_plot: str = Field("reports/benchmark_depth.json", description="depth per row (DVC plots)")
     holdout: HoldoutConfig = HoldoutConfig()
     seed: int = 0
     out: str = "metrics/benchmark.json"
@@ -186,8 +189,9 @@ def run_benchmark(params, log: Callable[[str], None] = print, synthetic_for: Cal
     add_oracle_gaps(rows)
     write_yardstick(params, base_sha, rows)
     out = {"rows": rows, "lineage_rows": lineage_rows, "summary": summarize(rows, lineage_rows)}
-    Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(cfg.out).write_text(json.dumps(out, indent=1) + "\n")
+    for path, content in ((cfg.out, out), (cfg.summary, out["summary"]), (cfg.depth_plot, depth_plot_rows(rows))):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(content, indent=1) + "\n")
     if cfg.plots_dir:
         plot_per_class(results, Path(cfg.plots_dir))
     return out

@@ -48,6 +48,12 @@ def add_oracle_gaps(rows: list[dict]) -> None:
             r[f"depth_{m}_vs_oracle"] = None if mine is None or theirs is None else round(mine - theirs, 4)
 
 
+def depth_plot_rows(rows: list[dict]) -> list[dict]:
+    """Depth per (method, request), flat, for `dvc plots` (dvc.yaml: reports/benchmark_depth.json)."""
+    return [{"row": f"{r['method']} {r['forget']}", "block": r["block"],
+             **{m: r.get(f"depth_{m}") for m in DEPTH_METRICS}} for r in rows]
+
+
 def depth_gaps(rows: list[dict]) -> dict:
     """Per block and method, over the requests with an oracle row: the mean of method - oracle per
     metric, and how many of them are within 0.10 of the oracle on every metric."""
