@@ -27,23 +27,27 @@ from flows.dispatch import FLOW
 REPO = Path(__file__).resolve().parents[1]
 
 
+def deploy_erase(params_path: str, work_pool: str, name: str) -> str:
+    """The base deployment of erase-request (never run itself: dispatch copies it per model)."""
+    return str(flow.from_source(source=str(REPO), entrypoint="flows/erase.py:erase_request").deploy(
+        name=name, work_pool_name=work_pool, parameters={"params_path": str(Path(params_path).resolve())},
+        description="One erasure request per flow run (clip-unlearn); copied per model, one run at a time",
+        tags=["clip-unlearn", "erasure"], build=False, push=False, print_next_steps=False))
+
+
 def deploy(params_path: str = "params.yaml", cron: str | None = None, work_pool: str | None = None,
            name: str | None = None, erase_name: str | None = None) -> dict:
     sched = load_params(params_path).erase.schedule
     cron, pool = cron or sched.cron, work_pool or sched.work_pool
     name, erase_name = name or sched.deployment, erase_name or sched.erase_deployment
-    parameters = {"params_path": str(Path(params_path).resolve())}
-    erase_id = flow.from_source(source=str(REPO), entrypoint="flows/erase.py:erase_request").deploy(
-        name=erase_name, work_pool_name=pool, parameters=parameters, build=False, push=False,
-        description="One erasure request per flow run (clip-unlearn); copied per model, one run at a time",
-        tags=["clip-unlearn", "erasure"], print_next_steps=False)
+    erase_id = deploy_erase(params_path, pool, erase_name)
     sweeper_id = flow.from_source(source=str(REPO), entrypoint="flows/process.py:process_requests").deploy(
         name=name, work_pool_name=pool, schedules=[Cron(cron, timezone=sched.timezone)],
-        parameters={**parameters, "mode": "dispatch"}, build=False, push=False,
+        parameters={"params_path": str(Path(params_path).resolve()), "mode": "dispatch"}, build=False, push=False,
         description="Start every pending erasure request (clip-unlearn)", tags=["clip-unlearn", "erasure"],
         print_next_steps=False)
     return {"id": str(sweeper_id), "name": f"process-requests/{name}", "cron": cron, "work_pool": pool,
-            "erase_id": str(erase_id), "erase_name": f"{FLOW}/{erase_name}"}
+            "erase_id": erase_id, "erase_name": f"{FLOW}/{erase_name}"}
 
 
 def run_now(name: str, timeout: float | None = None) -> dict:

@@ -13,11 +13,13 @@ certificate's page on the MLflow tracking server.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_table_artifact
 
+import flows  # noqa: F401  (first: a git clone's own src/, see flows/__init__.py)
 import clip_unlearn  # noqa: F401  (telemetry off, torchvision patched)
 from clip_unlearn.pipeline.config import load_params
 from clip_unlearn.pipeline.dispatch import run_claimed
@@ -69,6 +71,7 @@ def erase_request(request_id: str, params_path: str = "params.yaml") -> dict:
     """One stored request: claim it in S3, keep the claim alive while the erase flow runs (as a
     subflow), record the outcome in the request's log. A request that is not waiting any more
     (another attempt has it, or it is finished) is left alone. The run fails when the request does."""
+    print(f"request {request_id}: clip_unlearn from {os.path.dirname(clip_unlearn.__file__)}, in {os.getcwd()}")
     params = load_params(params_path)
     e = params.erase
     store = RequestStore(params.storage)

@@ -20,6 +20,7 @@ import sys
 
 from prefect import flow
 
+import flows  # noqa: F401  (first: a git clone's own src/, see flows/__init__.py)
 import clip_unlearn  # noqa: F401
 from clip_unlearn.pipeline.config import load_params
 from clip_unlearn.pipeline.dispatch import process_here
