@@ -18,6 +18,7 @@ import sys
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_table_artifact
+from prefect.runtime import flow_run
 
 import flows  # noqa: F401  (first: a git clone's own src/, see flows/__init__.py)
 import clip_unlearn  # noqa: F401  (telemetry off, torchvision patched)
@@ -32,7 +33,12 @@ def artifact_key(rid: str) -> str:
     return f"erasure-{rid}".lower().replace("_", "-").replace(".", "-")
 
 
-@flow(name="erase", log_prints=True)
+def _run_name() -> str:
+    request = flow_run.parameters.get("request") or {}
+    return f"erase-{request.get('id', 'default')}"
+
+
+@flow(name="erase", flow_run_name=_run_name, log_prints=True)
 def erase(request: dict | None = None, params_path: str = "params.yaml") -> dict:
     params = load_params(params_path)
     req = parse_request(request) if request else params.default_request()
@@ -76,7 +82,8 @@ def erase_request(request_id: str, params_path: str = "params.yaml") -> dict:
     e = params.erase
     store = RequestStore(params.storage)
     out = run_claimed(store, request_id, e.lease_seconds, e.max_attempts,
-                      lambda req: erase(request=req.model_dump(), params_path=params_path), get_run_logger().warning)
+                      lambda req: erase.with_options(flow_run_name=f"erase-{req.id}-job")(
+                          request=req.model_dump(), params_path=params_path), get_run_logger().warning)
     if out is None:
         st = store.state(request_id)
         print(f"request {request_id} is {st['state']} (attempt {st['attempts']}): nothing to do here")

@@ -6,6 +6,7 @@ another folder running the code of a git clone. Slow (minutes)."""
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 import signal
@@ -117,7 +118,8 @@ def test_two_workers_two_models_at_once_each_request_once(tiny_params, stack, ti
         for rid in ids:
             started[(k, rid)] = dispatch_request(p, rid, store, log=lambda s: None)["flow_run"]["id"]
 
-    threads = [threading.Thread(target=submitter, args=(k,)) for k in range(2)]
+    # each thread in a copy of this context: Prefect's settings (the API URL) live in a context variable
+    threads = [threading.Thread(target=contextvars.copy_context().run, args=(submitter, k)) for k in range(2)]
     [t.start() for t in threads]
     [t.join() for t in threads]
     assert all(started[(0, rid)] == started[(1, rid)] for rid in ids)
@@ -142,7 +144,7 @@ def test_two_workers_two_models_at_once_each_request_once(tiny_params, stack, ti
     by_worker = Counter()
     for w in two_workers["workers"]:
         log = w.log.read_text(errors="replace")
-        by_worker[w.log.stem] = sum(f"Completed submission of flow run '{started[(0, rid)]}'" in log for rid in ids)
+        by_worker[w.log.stem] = sum(f"Flow run 'erase-{rid}' submitted to infrastructure" in log for rid in ids)
     assert sorted(by_worker.values())[0] >= 1 and sum(by_worker.values()) == 10, by_worker
     c = reg.client(p.registry)
     for m, mine in zip(models, (ids[:5], ids[5:])):
