@@ -61,14 +61,14 @@ def erase(request: dict | None = None, params_path: str = "params.yaml") -> dict
                "certificate_local": cert["local"], "resumed": bool(resumed)}
     summary["failed_checks"], summary["table"] = cert["failed"], cert["table"]
     summary |= {k: cert.get(k) for k in ("method", "attempts", "lineage")}
-    summary["certificate_url"] = cert["url"]
+    summary["certificate_url"], summary["certificate_page"] = cert["url"], cert["page"]
     create_table_artifact(key=artifact_key(req.id), table=cert["rows"],
                           description=f"Erasure {req.id}: {req.model} v{base['version']} -> v{summary['version']}, "
                                       f"verdict **{summary['verdict']}**; before/after and every check")
-    create_link_artifact(key=f"{artifact_key(req.id)}-certificate", link=cert["url"],
+    create_link_artifact(key=f"{artifact_key(req.id)}-certificate", link=cert["page"],
                          link_text=f"certificate of {req.id} ({summary['verdict']})",
-                         description=f"Certificate of erasure {req.id} on the MLflow tracking server "
-                                     f"(also {cert['html']})")
+                         description=f"Certificate of erasure {req.id}: its page in the MLflow UI. The file itself: "
+                                     f"{cert['url']} (MLflow sends it as a download), {cert['html']}")
     return summary
 
 

@@ -202,5 +202,18 @@ def test_in_process_mode_skips_a_model_another_worker_holds_and_never_waits(tiny
     assert [(r["id"], r["state"]) for r in out] == [("b", "done")]
     assert time.monotonic() - t0 < 300         # it did b, and did not sit out the 600 s lease on a
     assert store.state("a")["state"] == "pending"
+    # b's erase run left its table (before/after, every check) and the link to its certificate's page
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as c:
+        arts = {a.key: a for a in c.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["erasure-b", "erasure-b-certificate"])))}
+    rows = arts["erasure-b"].data if isinstance(arts["erasure-b"].data, list) else json.loads(arts["erasure-b"].data)
+    assert arts["erasure-b"].type == "table" and {"forget", "retain"} <= {r["name"] for r in rows if r["kind"] == "metric"}
+    assert all(set(r) == {"kind", "name", "before", "after", "value", "limit", "held"} for r in rows)
+    assert all(r["held"] in ("yes", "NO") and r["limit"] for r in rows if r["kind"] == "check")
+    link = arts["erasure-b-certificate"]
+    assert link.type == "markdown" and "/#/experiments/" in link.data and "/artifacts/certificate/certificate.html)" in link.data
     lease.append(1, {"state": "released", "by": "elsewhere:1:abc"})
     assert [(r["id"], r["state"]) for r in process_requests(params_path=path, mode="here")] == [("a", "done")]

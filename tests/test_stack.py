@@ -71,6 +71,11 @@ def _flow_run(env: dict, name: str) -> dict:
     return fr
 
 
+def _mlflow(env: dict, path: str) -> dict:
+    with urllib.request.urlopen(env["MLFLOW_TRACKING_URI"] + path, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
 def _artifacts(env: dict, keys: list[str]) -> dict:
     return {a["key"]: a for a in _api(env, "/artifacts/filter", {"artifacts": {"key": {"any_": keys}}})}
 
@@ -136,9 +141,15 @@ def test_scheduled_deployment_processes_a_pending_request(tmp_path, tiny_params)
         rows = json.loads(table["data"])
         assert {"forget", "retain"} <= {r["name"] for r in rows if r["kind"] == "metric"}
         assert {r["name"] for r in rows if r["kind"] == "check"} and all(r["held"] for r in rows if r["kind"] == "check")
-        url = link["data"].split("](", 1)[1].rstrip(")")
-        assert url.startswith(env["MLFLOW_TRACKING_URI"] + "/get-artifact?")
-        with urllib.request.urlopen(url, timeout=30) as r:   # what a browser gets: the certificate page
+        page = link["data"].split("](", 1)[1].rstrip(")")   # the MLflow UI's page of the run's certificate.html
+        assert page.startswith(env["MLFLOW_TRACKING_URI"] + "/#/experiments/") and \
+            page.endswith("/artifacts/certificate/certificate.html"), page
+        exp, run = page.split("/#/experiments/", 1)[1].split("/")[0:3:2]
+        mlflow_run = _mlflow(env, f"/api/2.0/mlflow/runs/get?run_id={run}")["run"]["info"]
+        assert mlflow_run["experiment_id"] == exp                          # the page's experiment and run exist
+        url = f"{env['MLFLOW_TRACKING_URI']}/get-artifact?path=certificate%2Fcertificate.html&run_uuid={run}"
+        assert url in link["description"]
+        with urllib.request.urlopen(url, timeout=30) as r:   # the file the page shows
             assert "text/html" in r.headers.get("content-type", "") and b"sched-2" in r.read()
     finally:
         stop(stop_stack)

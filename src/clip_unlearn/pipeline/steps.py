@@ -166,9 +166,11 @@ def certify(job: Job, base: dict, registered: dict) -> dict:
     c.log_artifacts(registered["run_id"], str(job.dir / "certificate"), "certificate")
     uri = storage.uri(job.storage, f"{prefix}/certificate.json")
     url = reg.artifact_url(job.params.registry, registered["run_id"], "certificate/certificate.html")
+    page = reg.artifact_page_url(job.params.registry, c.get_run(registered["run_id"]).info.experiment_id,
+                                 registered["run_id"], "certificate/certificate.html")
     c.set_model_version_tag(req.model, mv.version, "certificate", uri)
     c.set_model_version_tag(req.model, mv.version, "certificate_url", url)
-    return {"uri": uri, "html": storage.uri(job.storage, f"{prefix}/certificate.html"), "url": url,
+    return {"uri": uri, "html": storage.uri(job.storage, f"{prefix}/certificate.html"), "url": url, "page": page,
             "local": str(files["html"]), "verdict": ver["verdict"], "failed": ver["failed"],
             "table": format_table(result["before"], result["after"]),
             "rows": table_rows(result["before"], result["after"], ver["checks"]),
