@@ -12,6 +12,7 @@ import sys
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
+import flows  # noqa: F401  (first: a git clone's own src/, see flows/__init__.py)
 import clip_unlearn  # noqa: F401  (telemetry off, torchvision patched)
 from clip_unlearn.pipeline.config import load_params
 from clip_unlearn.pipeline.reference import format_table

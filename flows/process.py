@@ -1,60 +1,57 @@
-"""Process every pending erasure request, grouped per model; what the scheduled deployment runs.
+"""The sweeper: what the cron deployment `process-requests` runs, and `unlearn process`.
 
-    python -m flows.process              # or: unlearn process
-    unlearn serve                        # register the cron deployment on the Prefect server
+    python -m flows.process [params.yaml]      # or: unlearn process
+    unlearn serve                              # deploy erase-request and this sweeper on the Prefect server
 
-Exactly once, across any number of workers: a worker takes a model's lease in S3 before touching
-its requests (so `champion` moves one request at a time), then claims each request with a
-conditional write (pipeline/dispatch.py). A transient failure (S3 or MLflow down) leaves the request
-pending for the next run; bad input or a failed verification ends it as failed, with the reason.
+Two modes, one outcome (each request done once, a model's requests one at a time):
+- dispatch: start every waiting request's own flow run on Prefect (flows/dispatch.py), exactly as
+  `unlearn submit` does, with the same idempotency keys: a request already started comes back as it is.
+- here: run the waiting requests in this process (machines without a Prefect server). A model whose
+  S3 lease another worker holds is skipped, never waited for; the lease and the claims are renewed
+  while a job runs (pipeline/dispatch.py process_here).
+`auto` (the default) dispatches when a Prefect server with the base deployment answers, else runs here.
+A transient failure (S3 or MLflow down) leaves a request to retry; bad input or a failed
+verification ends it as failed, with the reason.
 """
 
 from __future__ import annotations
 
 import sys
 
-from prefect import flow, get_run_logger
+from prefect import flow
 
+import flows  # noqa: F401  (first: a git clone's own src/, see flows/__init__.py)
 import clip_unlearn  # noqa: F401
 from clip_unlearn.pipeline.config import load_params
-from clip_unlearn.pipeline.dispatch import pending_by_model, run_claimed
-from clip_unlearn.pipeline.eventlog import Lease, LeaseLost
+from clip_unlearn.pipeline.dispatch import process_here
 from clip_unlearn.pipeline.request_store import RequestStore
-from clip_unlearn.pipeline.storage import safe_key
+from flows.dispatch import sweep, unavailable
 from flows.erase import erase
+
+MODES = ("auto", "dispatch", "here")
 
 
 @flow(name="process-requests", log_prints=True)
-def process_requests(params_path: str = "params.yaml", max_requests: int = 0) -> list[dict]:
+def process_requests(params_path: str = "params.yaml", max_requests: int = 0, mode: str = "auto") -> list[dict]:
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r}: one of {', '.join(MODES)}")
     params = load_params(params_path)
     e = params.erase
     store = RequestStore(params.storage)
-    log = get_run_logger().warning
-    done: list[dict] = []
-    for model, ids in sorted(pending_by_model(store).items()):
-        lease = Lease(params.storage, safe_key("locks", "models", model), ttl=e.lease_seconds, client=store.client)
-        try:
-            lease.acquire(wait=e.model_wait_seconds)
-        except TimeoutError as err:
-            print(f"{model}: {err}; its requests stay pending for the next run")
-            continue
-        try:
-            for rid in ids:
-                if max_requests and len(done) >= max_requests:
-                    break
-                out = run_claimed(store, rid, e.lease_seconds, e.max_attempts,
-                                  lambda req: erase(request=req.model_dump(), params_path=params_path), log)
-                if out:
-                    done.append(out)
-                    print(f"{rid}: {out['state']}" + (f" (v{out['version']})" if out.get("version") else ""))
-                lease.renew()
-        except LeaseLost as err:
-            print(f"{model}: {err}")
-        finally:
-            lease.release()
+    if mode != "here":
+        why = unavailable(params)
+        if why is None:
+            out = sweep(params, store, log=print, max_requests=max_requests)
+            print(f"started or found the flow runs of {len(out)} waiting request(s)")
+            return out
+        if mode == "dispatch":
+            raise RuntimeError(f"cannot dispatch: {why}")
+        print(f"running pending requests here: {why}")
+    done = process_here(store, e.lease_seconds, e.max_attempts,
+                        lambda req: erase(request=req.model_dump(), params_path=params_path), print, max_requests)
     print(f"processed {len(done)} request(s)")
     return done
 
 
 if __name__ == "__main__":
-    process_requests(*(sys.argv[1:2] or ["params.yaml"]))
+    process_requests(*(sys.argv[1:2] or ["params.yaml"]), mode=(sys.argv[2:3] or ["auto"])[0])

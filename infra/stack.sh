@@ -22,6 +22,9 @@
 #   CLIP_UNLEARN_STACK_TIMEOUT  seconds to wait for each service to become healthy (180)
 #   CLIP_UNLEARN_VENV           virtualenv providing weed, mlflow, prefect (<repo>/.venv)
 #   CLIP_UNLEARN_MLFLOW_WORKERS MLflow server worker processes (1)
+#   CLIP_UNLEARN_WORKER_LIMIT   flow runs the worker runs at once (2: an erasure and the sweeper)
+#   CLIP_UNLEARN_WORKER_QUERY_SECONDS  how often the worker asks for runs (2; Prefect's default is 10)
+#   CLIP_UNLEARN_SLOT_WAIT_SECONDS     how soon a run that waited for its model's slot is tried again (5)
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -311,7 +314,10 @@ start_mlflow() {
 start_prefect() {
   require_free CLIP_UNLEARN_PREFECT_PORT "$PREFECT_PORT"
   mkdir -p "$STACK_DIR/prefect"
+  # A model's next run waits as AwaitingConcurrencySlot (its deployment has concurrency 1) and is tried
+  # again after this many seconds (Prefect's default: 30).
   PREFECT_HOME=$STACK_DIR/prefect PREFECT_SERVER_API_HOST=$HOST PREFECT_SERVER_API_PORT=$PREFECT_PORT \
+  PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS=${CLIP_UNLEARN_SLOT_WAIT_SECONDS:-5} \
   launch prefect "$STACK_DIR" prefect server start --host $HOST --port "$PREFECT_PORT"
 }
 
@@ -322,9 +328,14 @@ start_worker() {
       >>"$LOG_DIR/worker.log" 2>&1 || die "could not create work pool $WORK_POOL; see $LOG_DIR/worker.log"
     say "created process work pool $WORK_POOL ($(elapsed "$t0") s)"
   fi
-  # The worker runs flows from the repository root, with the stack's environment (S3, MLflow).
-  PREFECT_HOME=$STACK_DIR/prefect \
-  launch worker "$REPO" prefect worker start --pool "$WORK_POOL" --name "$WORKER_NAME" --type process --install-policy never
+  # The worker runs flows from the repository root, with the stack's environment (S3, MLflow). It asks
+  # for runs every 2 s (a submitted request starts in seconds) and runs at most --limit at once (without
+  # it, one worker takes every scheduled run). Its flow runs start in sessions of their own and carry
+  # CLIP_UNLEARN_STACK_WORKER, so that `stop` can find them.
+  PREFECT_HOME=$STACK_DIR/prefect PREFECT_WORKER_QUERY_SECONDS=${CLIP_UNLEARN_WORKER_QUERY_SECONDS:-2} \
+  CLIP_UNLEARN_STACK_WORKER=$STACK_DIR \
+  launch worker "$REPO" prefect worker start --pool "$WORK_POOL" --name "$WORKER_NAME" --type process \
+    --install-policy never --limit "${CLIP_UNLEARN_WORKER_LIMIT:-2}"
 }
 
 start_group() {  # start the named services that are not running, then wait for each
@@ -393,7 +404,29 @@ stop_one() {
     kill -KILL -- "-$pid" 2>/dev/null || true
   fi
   rm -f "$(pidfile "$name")"
+  [ "$name" = worker ] && stop_flow_runs
   say "$name stopped ($(elapsed "$t0") s)"
+}
+
+flow_run_pids() {  # live processes started by this stack's worker (they are in sessions of their own)
+  local f pid
+  for f in /proc/[0-9]*/environ; do
+    pid=${f#/proc/}; pid=${pid%/environ}
+    tr '\0' '\n' <"$f" 2>/dev/null | grep -qxF "CLIP_UNLEARN_STACK_WORKER=$STACK_DIR" && echo "$pid"
+  done
+  return 0
+}
+
+stop_flow_runs() {  # a stopped stack cannot finish them; their requests are retried once their claims expire
+  local pids i
+  pids=$(flow_run_pids)
+  [ -n "$pids" ] || return 0
+  say "stopping the worker's flow runs: $(echo $pids)"
+  # shellcheck disable=SC2086
+  kill -TERM $pids 2>/dev/null || true
+  for i in $(seq 1 40); do [ -n "$(flow_run_pids)" ] || return 0; sleep 0.25; done
+  # shellcheck disable=SC2046
+  kill -KILL $(flow_run_pids) 2>/dev/null || true
 }
 
 cmd_stop() {

@@ -257,3 +257,86 @@ def start_mlflow(root: Path, s3: dict, bucket: str, port: int | None = None) -> 
         stop(proc)
         raise
     return proc, url
+
+
+def start_prefect(root: Path, **settings: str) -> tuple[subprocess.Popen, str]:
+    """A Prefect server (`prefect server start`, SQLite in `root`, no UI) on a free port; returns
+    (process, API URL). `settings`: extra PREFECT_* variables for the server."""
+    port = free_port()
+    root.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(root), PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="true",
+               PREFECT_SERVER_API_HOST="127.0.0.1", PREFECT_SERVER_API_PORT=str(port), **settings)
+    log = root / "server.log"
+    with open(log, "ab") as f:
+        proc = spawn([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
+                      "--port", str(port), "--no-ui"], env=env, stdout=f, stderr=subprocess.STDOUT,
+                     stdin=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        wait_http(url + "/health", proc, log, timeout=180)
+    except Exception:
+        stop(proc)
+        raise
+    return proc, url
+
+
+WORKER_MARK = "CLIP_UNLEARN_TEST_WORKER"
+
+
+def _default_sigint() -> None:
+    # A background job of a non-interactive shell inherits SIGINT ignored; a Prefect worker started
+    # so would ignore SIGINT (and SIGTERM, which it turns into SIGINT). Give it the default back.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def processes_with(var: str, value: str) -> list[int]:
+    """Live processes whose environment has var=value (flow runs a worker started: own sessions)."""
+    found, want = [], f"{var}={value}".encode()
+    for d in Path("/proc").glob("[0-9]*"):
+        try:
+            if want in (d / "environ").read_bytes().split(b"\0") and (d / "stat").read_text().rsplit(") ", 1)[1][0] != "Z":
+                found.append(int(d.name))
+        except OSError:
+            continue
+    return found
+
+
+def kill_marked(value: str, var: str = WORKER_MARK) -> None:
+    """SIGTERM, then SIGKILL, every process carrying the mark (a worker's flow runs outlive it)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = processes_with(var, value)
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        deadline = time.monotonic() + 10
+        while pids and processes_with(var, value) and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+
+def start_worker(api_url: str, pool: str, name: str, root: Path, limit: int = 1, cwd: Path | None = None,
+                 **env_extra: str) -> subprocess.Popen:
+    """A Prefect process worker (`--limit`, query every 2 s) with this process's environment (S3,
+    MLflow). Its flow runs carry a mark in their environment: stopping the worker with `stop(w,
+    signal.SIGINT)` and then `stop` of the cleanup registered here ends them too, however the test ends."""
+    mark = f"{name}-{secrets.token_hex(6)}"
+    track(lambda: kill_marked(mark))   # registered first: stop_all stops the worker, then its flow runs
+    root.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_API_URL=api_url, PREFECT_HOME=str(root / "home"), PREFECT_WORKER_QUERY_SECONDS="2",
+               PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="true", **{WORKER_MARK: mark}, **env_extra)
+    with open(root / f"worker-{name}.log", "ab") as f:
+        proc = spawn([str(Path(sys.executable).parent / "prefect"), "worker", "start", "--pool", pool, "--name", name,
+                      "--type", "process", "--install-policy", "never", "--limit", str(limit)],
+                     cwd=str(cwd or Path(__file__).resolve().parents[1]), env=env, stdout=f,
+                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_default_sigint)
+    proc.mark, proc.log = mark, root / f"worker-{name}.log"
+    return proc
+
+
+def stop_worker(proc: subprocess.Popen) -> None:
+    """SIGINT (the worker's own shutdown), then whatever flow runs it left."""
+    stop(proc, signal.SIGINT)
+    kill_marked(proc.mark)

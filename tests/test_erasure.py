@@ -37,7 +37,8 @@ def env(tiny_params, stack, tiny_model_dir, tmp_path):
                                                               "relearn_eval_every": 1, "probe_max_iter": 10}),
         "forget": tiny_params.forget.model_copy(update={"method": "projection"}),
         "erase": tiny_params.erase.model_copy(update={"workdir": str(tmp_path / "runs"), "request_id": "q1",
-                                                      "lease_seconds": 60, "model_wait_seconds": 5}),
+                                                      "lease_seconds": 60, "schedule": tiny_params.erase.schedule.model_copy(
+                                                          update={"erase_deployment": f"erase-{name}"})}),
     })
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(json.loads(p.model_dump_json())))

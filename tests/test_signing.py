@@ -110,15 +110,23 @@ def test_verify_catches_tampering_other_keys_swapped_weights_and_unsigned(env, m
     code, lines, out = report(env, "r1")
     assert code == 0, out
 
-    # 3. swapped weights: v2's object in S3 replaced by the base's weights
-    v2 = f"models/{name}/{tags['weights_sha256']}/{WEIGHTS_FILE}"
-    genuine = storage.get_bytes(p.storage, v2)
-    v1 = f"models/{name}/{env['base']['sha256']}/{WEIGHTS_FILE}"
-    storage.put_bytes(p.storage, v2, storage.get_bytes(p.storage, v1))
+    # 3. swapped weights: v2's weights in MLflow's artifact store (in the bucket, behind the tracking
+    # server) replaced by the base's
+    bucket = p.storage.model_copy(update={"prefix": ""})
+    keys = storage.list_keys(bucket, "mlflow/")
+
+    def weights_key(version: str) -> str:
+        mid = reg.model_id(c.get_model_version(name, version))
+        (key,) = [k for k in keys if mid in k and k.endswith(WEIGHTS_FILE)]
+        return key
+
+    v2, v1 = weights_key("2"), weights_key("1")
+    genuine = storage.get_bytes(bucket, v2)
+    storage.put_bytes(bucket, v2, storage.get_bytes(bucket, v1))
     code, lines, out = report(env, "r1")
     assert code == 1 and lines["weights"] == "MISMATCH" and lines["signature"] == "ok", out
     assert env["base"]["sha256"][:16] in out
-    storage.put_bytes(p.storage, v2, genuine)
+    storage.put_bytes(bucket, v2, genuine)
     assert report(env, "r1")[0] == 0
 
     # 4. no key configured: the erasure still works, the certificate says unsigned, --verify fails it

@@ -1,5 +1,8 @@
 """The local stack as users run it (infra/stack.sh: S3, MLflow, Prefect server, work pool and
-worker), on free ports in a temporary folder, driven through the `unlearn` CLI. Slow (~2 min)."""
+worker), on free ports in a temporary folder, driven through the `unlearn` CLI: a request queued
+before anything was deployed is started by the cron sweeper; once deployed, `unlearn submit` starts
+a request's flow run itself, in seconds, with its artifacts (a table, a link to the certificate that
+opens in a browser). Slow (~4 min)."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import shlex
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -45,6 +49,37 @@ def _cli(env: dict, *args: str, check: bool = True) -> subprocess.CompletedProce
     return res
 
 
+def _wait_final(env: dict, ppath: Path, rid: str, tmp_path: Path, timeout: float = 300) -> dict:
+    deadline, state = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        state = json.loads(_cli(env, "status", rid, "--json", "-p", str(ppath)).stdout)[0]
+        if state["state"] in ("done", "failed"):
+            break
+        time.sleep(5)
+    return state
+
+
+def _api(env: dict, path: str, body: dict) -> list:
+    r = urllib.request.Request(env["PREFECT_API_URL"] + path, data=json.dumps(body).encode(),
+                               headers={"content-type": "application/json"})
+    with urllib.request.urlopen(r, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+def _flow_run(env: dict, name: str) -> dict:
+    (fr,) = _api(env, "/flow_runs/filter", {"flow_runs": {"name": {"any_": [name]}}})
+    return fr
+
+
+def _mlflow(env: dict, path: str) -> dict:
+    with urllib.request.urlopen(env["MLFLOW_TRACKING_URI"] + path, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+def _artifacts(env: dict, keys: list[str]) -> dict:
+    return {a["key"]: a for a in _api(env, "/artifacts/filter", {"artifacts": {"key": {"any_": keys}}})}
+
+
 @pytest.mark.slow
 def test_scheduled_deployment_processes_a_pending_request(tmp_path, tiny_params):
     from clip_unlearn.core.models import load_model, save_model
@@ -68,19 +103,53 @@ def test_scheduled_deployment_processes_a_pending_request(tmp_path, tiny_params)
         req = {"id": "sched-1", "requester": "dpo@example.com", "model": "clip-ref", "dataset": "digits",
                "classes": ["seven"], "method": "projection", "reason": "scheduled test"}
         (tmp_path / "req.json").write_text(json.dumps(req))
-        _cli(env, "submit", str(tmp_path / "req.json"), "-p", str(ppath))
+        assert "sched-1: queued, not started now (no deployment erase-request/erase-cpu" in \
+            _cli(env, "submit", str(tmp_path / "req.json"), "-p", str(ppath)).stdout
         assert json.loads(_cli(env, "status", "sched-1", "--json", "-p", str(ppath)).stdout)[0]["state"] == "pending"
         out = _cli(env, "serve", "-p", str(ppath), "--cron", "* * * * *").stdout
-        assert "cron '* * * * *'" in out
-        deadline, state = time.monotonic() + 300, None
-        while time.monotonic() < deadline:
-            state = json.loads(_cli(env, "status", "sched-1", "--json", "-p", str(ppath)).stdout)[0]
-            if state["state"] in ("done", "failed"):
-                break
-            time.sleep(5)
-        assert state and state["state"] == "done", (state, (tmp_path / "stack" / "logs" / "worker.log").read_text()[-3000:])
+        assert "cron '* * * * *'" in out and "deployment erase-request/erase-cpu" in out
+        state = _wait_final(env, ppath, "sched-1", tmp_path)
+        assert state["state"] == "done", (state, (tmp_path / "stack" / "logs" / "worker.log").read_text()[-3000:])
         assert state["last"]["version"] == "2" and state["last"]["certificate"].startswith("s3://")
         listing = _cli(env, "models", "list", "-p", str(ppath)).stdout
         assert "champion" in listing.splitlines()[-1] and "sched-1" in listing
+        # no cron tick now: what starts the next request is `unlearn submit` itself
+        _cli(env, "serve", "-p", str(ppath), "--cron", "0 0 1 1 *")
+        (tmp_path / "req2.json").write_text(json.dumps(req | {"id": "sched-2", "classes": ["three"]}))
+        t0 = time.monotonic()
+        out = _cli(env, "submit", str(tmp_path / "req2.json"), "-p", str(ppath)).stdout
+        assert "sched-2: flow run erase-sched-2 (Scheduled) on erase-request/erase-cpu-clip-ref" in out, out
+        submitted = time.monotonic() - t0
+        pending = running = None
+        while time.monotonic() - t0 < 300:
+            st = json.loads(_cli(env, "status", "sched-2", "--json", "-p", str(ppath)).stdout)[0]
+            fr = _flow_run(env, "erase-sched-2")
+            if pending is None and fr["state_type"] in ("PENDING", "RUNNING", "COMPLETED"):
+                pending = time.monotonic() - t0
+            if running is None and st["state"] != "pending":
+                running = time.monotonic() - t0
+            if st["state"] in ("done", "failed"):
+                break
+            time.sleep(1)
+        assert st["state"] == "done" and st["last"]["version"] == "3", st
+        assert pending is not None and pending < 30, pending      # the worker took it within seconds
+        print(f"\nsubmit took {submitted:.1f} s; its flow run was picked up {pending:.1f} s and claimed the "
+              f"request {running:.1f} s after submit started")
+        arts = _artifacts(env, ["erasure-sched-2", "erasure-sched-2-certificate"])
+        table, link = arts["erasure-sched-2"], arts["erasure-sched-2-certificate"]
+        assert table["type"] == "table" and link["type"] == "markdown"   # Prefect 3.8 stores a link as markdown
+        rows = json.loads(table["data"])
+        assert {"forget", "retain"} <= {r["name"] for r in rows if r["kind"] == "metric"}
+        assert {r["name"] for r in rows if r["kind"] == "check"} and all(r["held"] for r in rows if r["kind"] == "check")
+        page = link["data"].split("](", 1)[1].rstrip(")")   # the MLflow UI's page of the run's certificate.html
+        assert page.startswith(env["MLFLOW_TRACKING_URI"] + "/#/experiments/") and \
+            page.endswith("/artifacts/certificate/certificate.html"), page
+        exp, run = page.split("/#/experiments/", 1)[1].split("/")[0:3:2]
+        mlflow_run = _mlflow(env, f"/api/2.0/mlflow/runs/get?run_id={run}")["run"]["info"]
+        assert mlflow_run["experiment_id"] == exp                          # the page's experiment and run exist
+        url = f"{env['MLFLOW_TRACKING_URI']}/get-artifact?path=certificate%2Fcertificate.html&run_uuid={run}"
+        assert url in link["description"]
+        with urllib.request.urlopen(url, timeout=30) as r:   # the file the page shows
+            assert "text/html" in r.headers.get("content-type", "") and b"sched-2" in r.read()
     finally:
         stop(stop_stack)

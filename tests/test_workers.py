@@ -1,6 +1,8 @@
-"""Several workers on one queue, and a worker killed mid-job: every request is processed exactly
-once. Real S3 and MLflow (the `stack` fixture); each worker is its own process with its own
-temporary Prefect server. Slow (a few minutes)."""
+"""The in-process mode (`unlearn process` where no Prefect server runs): several workers on one queue,
+and a worker killed mid-job; every request is processed exactly once, and a worker that finds a
+model busy takes another model instead of waiting. Real S3 and MLflow (the `stack` fixture); each
+worker is its own process with its own temporary Prefect server. Slow (a few minutes). The same on
+Prefect workers, one flow run per request: tests/test_dispatch_workers.py."""
 
 from __future__ import annotations
 
@@ -56,7 +58,7 @@ def _req(model: str, i: int) -> ErasureRequest:
 
 @pytest.mark.slow
 def test_fifty_requests_two_workers_none_lost_none_doubled(tiny_params, stack, tiny_model_dir, tmp_path):
-    p, path = _params(tiny_params, stack, tmp_path, model_wait_seconds=2, lease_seconds=300)
+    p, path = _params(tiny_params, stack, tmp_path, lease_seconds=300)
     models = [f"load-a-{uuid.uuid4().hex[:4]}", f"load-b-{uuid.uuid4().hex[:4]}"]
     for m in models:
         register_base(p, tiny_model_dir, m, log=lambda s: None)
@@ -91,7 +93,7 @@ def test_fifty_requests_two_workers_none_lost_none_doubled(tiny_params, stack, t
 
 @pytest.mark.slow
 def test_worker_killed_mid_job_the_request_completes_exactly_once(tiny_params, stack, tiny_model_dir, tmp_path):
-    p, path = _params(tiny_params, stack, tmp_path, lease_seconds=8, model_wait_seconds=30)
+    p, path = _params(tiny_params, stack, tmp_path, lease_seconds=8)
     model = f"kill-{uuid.uuid4().hex[:4]}"
     register_base(p, tiny_model_dir, model, log=lambda s: None)
     store = RequestStore(p.storage)

@@ -38,11 +38,16 @@ def exit_code(e: BaseException) -> int:
     return 2 if isinstance(e, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)) else 1
 
 
-def say(msg: str) -> None:
-    """One red line on stderr: credentials scrubbed, lines joined, capped, any character printable."""
+def one_line(msg: str, cap: int = 2000) -> str:
+    """Credentials scrubbed, lines joined, capped, any character printable."""
     line = "; ".join(part.strip() for part in scrub(msg).splitlines() if part.strip())
-    line = line if len(line) <= 2000 else line[:2000] + "..."
-    typer.secho(line.encode("utf-8", "backslashreplace").decode("utf-8"), fg="red", err=True)
+    line = line if len(line) <= cap else line[:cap] + "..."
+    return line.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def say(msg: str) -> None:
+    """One red line on stderr."""
+    typer.secho(one_line(msg), fg="red", err=True)
 
 
 class Group(TyperGroup):

@@ -89,14 +89,33 @@ def _print_erasure(out: dict) -> None:
 
 def submit(request_file: str = typer.Argument(..., help="request JSON file (docs/requests.md)"),
            params: str = PARAMS):
-    """Validate a request and queue it in S3 (requests/<id>/); the scheduled job picks it up."""
+    """Validate a request, store it in S3 (requests/<id>/) and start its flow run on Prefect now
+    (when a server with the erase deployment answers); otherwise the sweeper starts it later."""
     from clip_unlearn.pipeline.request_store import RequestStore
 
     p = errors.params(params)
     req = _request(p, request_file)
     _check_request(p, req)
-    outcome = RequestStore(p.storage).submit(req)
+    store = RequestStore(p.storage)
+    outcome = store.submit(req)
     typer.echo(f"{req.id}: {'submitted' if outcome == 'created' else 'already submitted (same content); unchanged'}")
+    from flows.dispatch import dispatch_request, unavailable
+
+    why = unavailable(p)
+    if why is None:
+        try:
+            info = dispatch_request(p, req.id, store, log=lambda s: None)
+        except Exception as e:  # noqa: BLE001  (queued is enough: the sweeper starts it)
+            why = f"{type(e).__name__}: {e}"
+        else:
+            if info and info.get("flow_run"):
+                fr = info["flow_run"]
+                typer.echo(f"{req.id}: flow run {fr['name']} ({fr['state']}) on {fr['deployment']}")
+            else:
+                typer.echo(f"{req.id}: {store.state(req.id)['state']}; nothing to start")
+            return
+    typer.echo(errors.one_line(f"{req.id}: queued, not started now ({why}); the sweeper (process-requests) "
+                               "starts it"))
 
 
 def status(request_id: Optional[str] = typer.Argument(None, help="one request (default: all)"),
@@ -121,23 +140,28 @@ def status(request_id: Optional[str] = typer.Argument(None, help="one request (d
         typer.echo(f"{r['id']:<28} {r['state']:<8} {r['attempts']:>5}  {last.get('at', ''):<25} {detail}")
 
 
-def process(params: str = PARAMS, max_requests: int = typer.Option(0, help="stop after this many (0: all)")):
-    """Process every pending request now (the flow the schedule runs), grouped per model."""
+def process(params: str = PARAMS, max_requests: int = typer.Option(0, help="stop after this many (0: all)"),
+            here: bool = typer.Option(False, "--here", help="run them in this process even if Prefect could")):
+    """Start every pending request: on Prefect (one flow run each) when a server with the erase
+    deployment answers, else (or with --here) run them in this process, skipping busy models."""
     from flows.process import process_requests
 
     errors.params(params)
-    out = process_requests(params_path=params, max_requests=max_requests)
+    out = process_requests(params_path=params, max_requests=max_requests, mode="here" if here else "auto")
     for r in out:
-        typer.echo(f"{r['id']:<28} {r['state']:<8} {r.get('version', '') and 'v' + r['version']} "
-                   f"{r.get('reason', r.get('certificate', ''))}")
+        fr = r.get("flow_run")
+        detail = (f"flow run {fr['name']} ({fr['state']})" if fr else
+                  (r.get("version", "") and "v" + r["version"]) + " " + r.get("reason", r.get("certificate", "")))
+        typer.echo(f"{r['id']:<28} {r['state']:<10} {detail}")
     if any(r["state"] == "failed" for r in out):
         raise typer.Exit(1)
 
 
 def serve(params: str = PARAMS, cron: Optional[str] = typer.Option(None, help="cron (default: erase.schedule.cron)"),
           work_pool: Optional[str] = typer.Option(None, help="work pool (default: erase.schedule.work_pool)"),
-          run_now: bool = typer.Option(False, help="also start one run now and wait for it")):
-    """Create or update the scheduled deployment of process-requests on the Prefect server."""
+          run_now: bool = typer.Option(False, help="also start one sweep now and wait for it")):
+    """Deploy erase-request (one run per request; `submit` starts it) and the cron sweeper
+    process-requests on the Prefect server."""
     errors.params(params)
     if not os.environ.get("PREFECT_API_URL"):
         raise ConfigError("PREFECT_API_URL is not set: start the stack and load its environment "
@@ -146,6 +170,8 @@ def serve(params: str = PARAMS, cron: Optional[str] = typer.Option(None, help="c
     from flows.deploy import run_now as run
 
     info = deploy(params, cron=cron, work_pool=work_pool)
+    typer.echo(f"deployment {info['erase_name']} ({info['erase_id']}) on work pool {info['work_pool']}: "
+               "one flow run per request, one at a time per model")
     typer.echo(f"deployment {info['name']} ({info['id']}): cron '{info['cron']}' on work pool {info['work_pool']}")
     if run_now:
         typer.echo(str(run(info["name"])))

@@ -72,17 +72,21 @@ class ForgetDefault(ForgetRequest):
 
 
 class ScheduleConfig(Section):
-    cron: str = Field("*/10 * * * *", description="when the deployment processes pending requests")
+    """Where erasures run on Prefect: the base deployment of the erase-request flow (one copy per
+    model is made from it, `<erase_deployment>-<model>`, one run at a time) and the cron sweeper."""
+    cron: str = Field("*/10 * * * *", description="when the sweeper (process-requests) starts what is pending")
     timezone: str = "UTC"
     work_pool: str = Field("local-process", pattern=r"^[A-Za-z0-9._-]+$")
     deployment: str = Field("process-requests", pattern=r"^[A-Za-z0-9._-]+$")
+    erase_deployment: str = Field("erase-cpu", pattern=r"^[A-Za-z0-9._-]+$",
+                                  description="deployment of flow erase-request that submit and the sweeper start")
 
 
 class EraseConfig(Section):
     """The erasure job: where it works, how long a worker's lease lasts, the default request."""
     workdir: str = "runs/erase"
-    lease_seconds: float = Field(900, gt=0, description="a worker that stops renewing loses its claim after this")
-    model_wait_seconds: float = Field(1800, ge=0, description="wait this long for another worker on the same model")
+    lease_seconds: float = Field(300, gt=0, description="claim and model-lease TTL: renewed every third of it while a "
+                                 "job runs; a worker that stops renewing loses them after this")
     max_attempts: int = Field(3, ge=1, le=20, description="tries per request before it is marked failed")
     request_id: str = Field("quickstart-digits-seven", description="id of the default request (forget:)")
     requester: str = "quickstart"
@@ -109,6 +113,8 @@ def _validate_methods(value: Any) -> dict[str, Section]:
 # Sections and keys of earlier params files, and where their settings live now.
 MOVED_GATE = ("`targets:` and `verify:` were merged into one section, `gate:`, with the keys of `verify:` (the same "
               "keys a request's thresholds use): rename `verify:` to `gate:` and delete `targets:`")
+MOVED_WAIT = ("`erase.model_wait_seconds` is gone: no worker waits for another worker's model any more (a busy "
+              "model is skipped and its requests run later, or on Prefect one run per model at a time); delete it")
 MOVED_RELEARN = ("the relearning limit is a gate limit now: move `assurance.relearn_forget_max` to "
                  "`gate.relearn_forget_max`")
 
@@ -134,6 +140,8 @@ class Params(Section):
             moved = [MOVED_GATE] if "targets" in data or "verify" in data else []
             if isinstance(data.get("assurance"), dict) and "relearn_forget_max" in data["assurance"]:
                 moved.append(MOVED_RELEARN)
+            if isinstance(data.get("erase"), dict) and "model_wait_seconds" in data["erase"]:
+                moved.append(MOVED_WAIT)
             if moved:
                 raise ValueError("; ".join(moved))
         return data

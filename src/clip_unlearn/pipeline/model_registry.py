@@ -73,8 +73,15 @@ def ping(cfg: RegistryConfig, timeout: float = 10.0) -> None:
 
 
 def artifact_url(cfg: RegistryConfig, run_id: str, path: str) -> str:
-    """A browser URL of a run's artifact, served by the tracking server (HTML opens as a page)."""
+    """The URL of a run's artifact file on the tracking server. MLflow 3.17 sends every artifact as an
+    attachment (Content-Disposition, against XSS), so a browser saves the file rather than shows it."""
     return f"{tracking_uri(cfg).rstrip('/')}/get-artifact?{urllib.parse.urlencode({'path': path, 'run_uuid': run_id})}"
+
+
+def artifact_page_url(cfg: RegistryConfig, experiment_id: str, run_id: str, path: str) -> str:
+    """The MLflow UI's page of a run's artifact, which shows an HTML artifact as a page in the browser
+    (the UI's route /experiments/:experimentId/runs/:runUuid/artifacts/<path>, MLflow 3.17)."""
+    return f"{tracking_uri(cfg).rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}/artifacts/{path}"
 
 
 def check_base(cfg: RegistryConfig, name: str, ref: str):

@@ -6,20 +6,23 @@
     store.submit(req)                 # "created", or "exists" for the same content; ConfigError if the
                                       # id was used before for a different request
     claim = store.claim(req.id, ttl=900, max_attempts=3)   # None if another worker has it
+    claim.renew()                     # while the job runs (a heartbeat thread, pipeline/heartbeat.py)
     claim.finish("done", version="3", certificate="s3://...")
 
 `requests/<id>/request.json` is written once (conditional put). Where a request stands is the
 last event of `requests/<id>/events/` (see eventlog.py): pending -> running -> done | failed,
 and running -> retry -> running when a transient failure (S3 or MLflow down) is retried. A
-running request whose worker died is claimed again once its lease expires.
+running request whose worker died is claimed again once its claim expires; a live worker renews
+its claim (a `running` event with a later `until`) while the job runs, however long it takes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import Field, field_validator
@@ -29,7 +32,7 @@ from clip_unlearn.core.request import ForgetRequest
 from clip_unlearn.core.schema import ConfigError, validate
 from clip_unlearn.methods import METHODS
 from clip_unlearn.pipeline import storage
-from clip_unlearn.pipeline.eventlog import EventLog, utcnow
+from clip_unlearn.pipeline.eventlog import EventLog, LeaseLost, utcnow
 from clip_unlearn.pipeline.storage import ObjectNotFound, StorageConfig
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
@@ -125,19 +128,36 @@ def read_request_file(path: str | Path) -> ErasureRequest:
 
 @dataclass
 class Claim:
-    """A running attempt at a request, owned by this worker."""
+    """A running attempt at a request, owned by this worker. `renew` (from a heartbeat thread) and
+    `finish` take turns: each event is appended after the one before it, never beside it."""
     store: "RequestStore"
     id: str
     seq: int
     attempt: int
     ttl: float
+    finished: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def renew(self) -> None:
+        """Push the claim's expiry to now + ttl. LeaseLost if another worker took the request over
+        (our claim had expired); nothing once finished."""
+        with self._lock:
+            if self.finished:
+                return
+            event = {"state": "running", "attempt": self.attempt, "until": time.time() + self.ttl, "step": "renewed"}
+            if not self.store._log(self.id).append(self.seq, event):
+                raise LeaseLost(f"request {self.id}: another worker took it over (attempt {self.attempt})")
+            self.seq += 1
 
     def finish(self, state: str, **detail) -> bool:
-        """Record the outcome: done / failed (final) or retry (picked up again later)."""
+        """Record the outcome: done / failed (final) or retry (picked up again later). False if
+        another worker had taken the request over."""
         assert state in ("done", "failed", "retry"), state
-        ok = self.store._log(self.id).append(self.seq, {"state": state, "attempt": self.attempt, **detail})
-        self.seq += ok
-        return ok
+        with self._lock:
+            ok = self.store._log(self.id).append(self.seq, {"state": state, "attempt": self.attempt, **detail})
+            self.seq += ok
+            self.finished = True
+            return ok
 
 
 class RequestStore:
@@ -200,3 +220,11 @@ class RequestStore:
                                                  "until": time.time() + ttl, "step": "claimed"}):
             return None
         return Claim(self, rid, st["seq"] + 1, attempt, ttl)
+
+    def give_up(self, rid: str, reason: str) -> bool:
+        """Mark a request that is still waiting as failed (e.g. its flow runs keep ending before they
+        claim it). False if it is running under a live claim, finished, or another writer came first."""
+        st = self.state(rid)
+        if not self.claimable(st):
+            return False
+        return self._log(rid).append(st["seq"], {"state": "failed", "attempt": st["attempts"], "reason": reason})

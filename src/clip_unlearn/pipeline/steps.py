@@ -27,7 +27,7 @@ from clip_unlearn.core.schema import ConfigError
 from clip_unlearn.methods.synthetic import load_synthetic, make_synthetic_set, save_synthetic
 from clip_unlearn.pipeline import model_registry as reg
 from clip_unlearn.pipeline import signing, storage
-from clip_unlearn.pipeline.certificate import format_table, write_certificate
+from clip_unlearn.pipeline.certificate import format_table, table_rows, write_certificate
 from clip_unlearn.pipeline.config import Params
 from clip_unlearn.pipeline.eventlog import utcnow
 from clip_unlearn.pipeline.job import Job, clean, earlier, lineage_of, method_record, write_json
@@ -170,11 +170,14 @@ def certify(job: Job, base: dict, registered: dict) -> dict:
     c.log_artifacts(registered["run_id"], str(job.dir / "certificate"), "certificate")
     uri = storage.uri(job.storage, f"{prefix}/certificate.json")
     url = reg.artifact_url(job.params.registry, registered["run_id"], "certificate/certificate.html")
+    page = reg.artifact_page_url(job.params.registry, c.get_run(registered["run_id"]).info.experiment_id,
+                                 registered["run_id"], "certificate/certificate.html")
     c.set_model_version_tag(req.model, mv.version, "certificate", uri)
     c.set_model_version_tag(req.model, mv.version, "certificate_url", url)
-    return {"uri": uri, "html": storage.uri(job.storage, f"{prefix}/certificate.html"), "url": url,
+    return {"uri": uri, "html": storage.uri(job.storage, f"{prefix}/certificate.html"), "url": url, "page": page,
             "local": str(files["html"]), "verdict": ver["verdict"], "failed": ver["failed"],
             "table": format_table(result["before"], result["after"]),
+            "rows": table_rows(result["before"], result["after"], ver["checks"]),
             "method": {k: record["method"][k] for k in ("name", "chosen", "kind")},
             "attempts": record["method"]["attempts"], "lineage": record["lineage"]}
 

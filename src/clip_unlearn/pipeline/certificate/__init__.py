@@ -6,7 +6,7 @@
 
 from clip_unlearn.pipeline.certificate.figures import plot_per_class
 from clip_unlearn.pipeline.certificate.record import canonical_record, verify_certificate, write_certificate
-from clip_unlearn.pipeline.certificate.render import format_table, render_html
+from clip_unlearn.pipeline.certificate.render import format_table, render_html, table_rows
 
-__all__ = ["canonical_record", "format_table", "plot_per_class", "render_html", "verify_certificate",
-           "write_certificate"]
+__all__ = ["canonical_record", "format_table", "plot_per_class", "render_html", "table_rows",
+           "verify_certificate", "write_certificate"]

@@ -65,6 +65,16 @@ def format_table(before: dict | None, after: dict | None) -> str:
     return "\n".join(out)
 
 
+def table_rows(before: dict | None, after: dict | None, checks: list[dict]) -> list[dict]:
+    """One row per before/after metric, then one per check of the gate (name, value, limit, held):
+    the rows of the flow run's table artifact. Same columns in every row; '' where none applies."""
+    rows = [{"kind": "metric", "name": label, "before": _fmt(b), "after": _fmt(a), "value": _change(b, a) + " pts",
+             "limit": "", "held": ""} for label, b, a in _rows(before, after)]
+    rows += [{"kind": "check", "name": c["name"], "before": "", "after": "", "value": _fmt(c.get("value")),
+              "limit": f"{c.get('rule', '')}", "held": "yes" if c["passed"] else "NO"} for c in checks]
+    return rows
+
+
 
 
 def _pct(v) -> str:
