@@ -308,3 +308,17 @@ def test_signing_key_errors_name_the_file_not_its_content(tmp_path, monkeypatch)
                   serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     with pytest.raises(signing.ConfigError, match="not an Ed25519 key"):
         signing.load_key(x)
+
+
+def test_depth_promises_show_the_yardstick_and_an_unchanged_image_tower_is_said_plainly(tmp_path):
+    rec = _record(tmp_path, changed={"image tower": {"changed": 0, "tensors": 52},
+                                     "text tower": {"changed": 2, "tensors": 40}},
+                  yardstick={"kind": "the model retrained without it", "values": {"prototypes": 0.338}})
+    rec["checks"].append({"name": "depth_prototypes", "rule": "recall <= 0.45", "value": 0.87, "limit": 0.45,
+                          "passed": False})
+    rec["verdict"] = "failed"
+    page = write_certificate(rec, tmp_path / "out")["html"].read_text(encoding="utf-8")
+    first = page.split("<h2>Earlier erasures")[0]
+    assert "The image tower is unchanged" in first and "image tower: unchanged; text tower: 2 of 40" in first
+    assert "With 10 labelled images per class (class means of image features), an attacker recognises" in first
+    assert "87.0%" in first and "33.8% (the model retrained without it)" in first and "NOT held" in first
