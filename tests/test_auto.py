@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import run
+from conftest import DEPTH_OFF, run
 
 from clip_unlearn.core.gate import Thresholds, excess
 from clip_unlearn.core.models import load_model
@@ -45,7 +45,7 @@ def test_real_data_methods_are_skipped_unless_allowed(tiny_params):
 
 
 def test_the_first_method_that_passes_on_val_is_kept(tiny_params):
-    lenient = {k: None for k in ("forget_max", "retain_drop_max", "other_drop_max")}
+    lenient = {k: None for k in ("forget_max", "retain_drop_max", "other_drop_max")} | DEPTH_OFF
     res = _auto(tiny_params, {"order": ["text_edit", "projection", "subgroup"]}, thresholds=lenient)
     assert [a["method"] for a in res["info"]["attempts"]] == ["text_edit"]
     assert res["info"]["chosen"] == "text_edit" and res["info"]["passed_val"] and res["data_free"]

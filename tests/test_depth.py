@@ -55,7 +55,9 @@ def test_prototypes_predict_the_nearest_class_mean():
 def test_depth_checks_use_the_class_or_the_subgroup_limits():
     th = Thresholds(depth_probe_max=0.6, subgroup_depth_probe_max=0.9)
     depth = {"probe": 0.7, "prototypes": 0.2}
-    assert [(c["name"], c["passed"]) for c in depth_checks(depth, th, subgroup=False)] == [("depth_probe", False)]
+    # the class defaults stay in force beside the one set here (prototypes 0.73); subgroups have none yet
+    assert [(c["name"], c["passed"]) for c in depth_checks(depth, th, subgroup=False)] == \
+        [("depth_prototypes", True), ("depth_probe", False)]
     assert [(c["name"], c["passed"]) for c in depth_checks(depth, th, subgroup=True)] == [("depth_probe", True)]
 
 

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import LENIENT
 
 from clip_unlearn.core.gate import Thresholds, accuracy_checks, excess, judge, passed, thresholds
 from clip_unlearn.core.models import load_model, save_model
@@ -47,7 +48,7 @@ def test_a_bad_override_names_the_key():
 @pytest.mark.parametrize("gate", ["impossible", "lenient"])
 def test_benchmark_met_and_verification_passed_cannot_disagree(gate, tiny_params, tiny_model_dir, tmp_path):
     """The same model and request, judged by the benchmark's row and by the erasure job's verify step."""
-    limits = {"lenient": {k: None for k in ("forget_max", "retain_drop_max", "other_drop_max")} | {"relearn_forget_max": 1.0},
+    limits = {"lenient": LENIENT,
               "impossible": {"forget_max": 0.0, "forget_drop_min": 0.99}}[gate]
     p = tiny_params.model_copy(update={
         "gate": tiny_params.gate.model_copy(update=limits),

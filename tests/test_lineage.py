@@ -27,7 +27,7 @@ QUICK = {"gradient_ascent": {"steps": 2, "batch_size": 8}, "random_labels": {"st
                       "alpha_grid": [0.5, 1.0]},
          "standin_subgroup": {"forget_steps": 1, "remind_steps": 2, "remind_batch_size": 8, "forget_batch_size": 4,
                               "other_batch_size": 4, "alpha_grid": [0.5, 1.0]},
-         "oracle": {"steps": 1, "datasets": ["digits", "shapes"]},
+         "oracle": {"steps": 1, "datasets": ["digits", "shapes"]}, "partial_retrain": {"steps": 2, "batch": 16},
          "auto": {"order": ["projection", "subgroup"]}}  # a random model: make it reach a real-data method
 
 

@@ -10,6 +10,7 @@ import uuid
 
 import pytest
 import yaml
+from conftest import LENIENT
 from cryptography.hazmat.primitives import serialization
 from typer.testing import CliRunner
 
@@ -22,8 +23,6 @@ from clip_unlearn.pipeline.certificate.record import _canonical_sha256
 from clip_unlearn.pipeline.registration import register_base
 from clip_unlearn.pipeline.request_store import ErasureRequest
 
-LENIENT = {k: None for k in ("forget_max", "retain_drop_max", "other_drop_max", "subgroup_rest_drop_max",
-                              "other_classes_drop_max")} | {"relearn_forget_max": 1.0}
 CHECKS = ["record hash", "registry", "signing key", "signature", "weights"]
 
 

@@ -44,11 +44,13 @@ class Thresholds(Section):
     relearn_forget_max: float | None = Field(
         0.5, ge=0, le=1, description="highest forgotten top-1 anywhere along a short fine-tune on retained data")
     # Depth (core/depth.py): what an attacker with the weights gets back, as recall of what was forgotten.
-    # Calibrated from the retrain oracle's figures on the named benchmark requests (docs/methods.md).
-    depth_prototypes_max: float | None = Field(None, ge=0, le=1, description="class means of a few labelled images")
-    depth_probe_max: float | None = Field(None, ge=0, le=1, description="a linear probe on image features")
-    depth_relearn_max: float | None = Field(None, ge=0, le=1, description="a few-shot relearning attack")
-    depth_paraphrase_max: float | None = Field(None, ge=0, le=1, description="zero-shot, paraphrased templates")
+    # Calibrated from the retrain oracle's figures on the named benchmark requests (docs/methods.md): the
+    # highest of digits:three/seven/nine and shapes:star on val, plus the 0.10 the benchmark's target
+    # allows. Subgroups: no subgroup oracle was trained yet, so their depth is measured, not judged.
+    depth_prototypes_max: float | None = Field(0.73, ge=0, le=1, description="class means of a few labelled images")
+    depth_probe_max: float | None = Field(0.86, ge=0, le=1, description="a linear probe on image features")
+    depth_relearn_max: float | None = Field(0.5, ge=0, le=1, description="a few-shot relearning attack")
+    depth_paraphrase_max: float | None = Field(0.33, ge=0, le=1, description="zero-shot, paraphrased templates")
     subgroup_depth_prototypes_max: float | None = Field(None, ge=0, le=1)
     subgroup_depth_probe_max: float | None = Field(None, ge=0, le=1)
     subgroup_depth_relearn_max: float | None = Field(None, ge=0, le=1)

@@ -14,6 +14,7 @@ from clip_unlearn.methods import (  # noqa: F401  (register every method)
     baselines,
     lipschitz,
     oracle,
+    partial_retrain,
     projection,
     standin_subgroup,
     subgroup,

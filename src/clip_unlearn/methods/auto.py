@@ -33,9 +33,10 @@ from clip_unlearn.methods.registry import get_method, register
 
 
 class AutoConfig(Section):
-    # Cheapest first: a closed-form text edit (seconds), a closed-form image projection, the
-    # synthetic-sample method (minutes), then the real-data subgroup method.
-    order: list[str] = Field(default_factory=lambda: ["text_edit", "projection", "lipschitz", "subgroup"],
+    # Cheapest first: a closed-form text edit (seconds), a closed-form image projection, the image
+    # tower's last blocks retrained without the class (minutes), the synthetic-sample method, then the
+    # real-data subgroup method.
+    order: list[str] = Field(default_factory=lambda: ["text_edit", "projection", "partial_retrain", "lipschitz", "subgroup"],
                              min_length=1, description="methods tried, in this order (data-free ones run first)")
     subgroup_order: list[str] = Field(default_factory=lambda: ["attribute_edit", "standin_subgroup", "subgroup"], min_length=1,
                                       description="methods tried for a subgroup request (class-level ones "

@@ -59,7 +59,7 @@ class BenchmarkConfig(Section):
         ForgetRequest(dataset="digits", classes=["seven"], where={"ink": "red"}),
         ForgetRequest(dataset="digits", classes=["three"], where={"background": "white"}),
         ForgetRequest(dataset="shapes", classes=["star"], where={"colour": "blue"})])
-    class_methods: list[str] = Field(default_factory=lambda: ["auto", "text_edit", "projection", "lipschitz",
+    class_methods: list[str] = Field(default_factory=lambda: ["auto", "text_edit", "projection", "partial_retrain", "lipschitz",
                                                               "gradient_ascent", "random_labels"])
     subgroup_methods: list[str] = Field(default_factory=lambda: ["auto", "attribute_edit", "standin_subgroup", "subgroup",
                                                                  "gradient_ascent"])
