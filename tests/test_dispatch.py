@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_erasure import LENIENT
+from conftest import LENIENT
 
 from clip_unlearn.pipeline.dispatch import attempt_key
 from clip_unlearn.pipeline.eventlog import EventLog, LeaseLost

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import LENIENT, REPO
 
 
 def run(cmd, cwd):
@@ -33,7 +33,7 @@ def test_dvc_repro_runs_then_is_a_no_op(tmp_path, stack):
     params["storage"].update(bucket=stack["bucket"], prefix=name)
     params["registry"].update(model_name=name)
     params["forget"]["method"] = "projection"
-    params["gate"].update(forget_max=None, retain_drop_max=None, other_drop_max=None, relearn_forget_max=1.0)
+    params["gate"].update(LENIENT)
     params["assurance"].update(relearn_steps=2, relearn_batch_size=8, relearn_eval_every=1, probe_max_iter=10)
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     run(["git", "init", "-q"], work)

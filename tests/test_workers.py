@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import LENIENT
 from servers import spawn, stop
-from test_erasure import LENIENT
 
 from clip_unlearn.pipeline import model_registry as reg
 from clip_unlearn.pipeline.registration import register_base

@@ -120,8 +120,17 @@ def depth_checks(depth: dict | None, th: Thresholds, subgroup: bool) -> list[dic
     """Each measured depth figure (recall of what was forgotten) against its limit: depth_<metric>."""
     checks = []
     for metric, limit in th.depth_limits(subgroup).items():
-        checks += _check(f"depth_{metric}", (depth or {}).get(metric), limit, True, f"recall <= {limit}")
+        checks += _check(f"depth_{metric}", (depth or {}).get(metric), limit, True,
+                         f"recall <= {limit}: {DEPTH_WORDS[metric]}")
     return checks
+
+
+DEPTH_WORDS = {  # what a failed depth check means, in words (the job's reasons, the registry's tags)
+    "prototypes": "with a few labelled images per class (class means of image features), at most that share "
+                  "of what was forgotten is recognised",
+    "probe": "a linear probe on image features recognises at most that share of what was forgotten",
+    "relearn_attack": "after a short fine-tune on a few labelled images of it, at most that share is recognised",
+    "paraphrase": "zero-shot with paraphrased templates recognises at most that share of it"}
 
 
 def judge(before: dict, after: dict, th: Thresholds, subgroup: bool, lineage: Sequence[Earlier] = (),

@@ -8,7 +8,7 @@ Each method of `order` that applies runs on a fresh copy of the original weights
 data guard (a data-free method gets a context that refuses real images of what is forgotten).
 Its result is judged on the VAL split by the one gate verification applies on test (core/gate.py:
 ctx.gate, params `gate:` plus the request's overrides): accuracy, every earlier erasure of the
-lineage, and (once those pass) the relearning check. Measuring reads the val split, as
+lineage, then (once those pass) depth and the relearning check, cheapest first. Measuring reads the val split, as
 verification reads test; no method trains on it. The first that passes is kept; methods that read real images of what is forgotten
 run only after every data-free one failed, and only if `allow_forgotten_data`. If none passes, the
 attempt closest to passing is kept: fewest failed checks, then the smallest summed excess over their
