@@ -64,12 +64,20 @@ def synthesize(params: str = PARAMS,
 
 
 def benchmark(params: str = PARAMS,
-              holdout: bool = typer.Option(True, help="also run the hold-out block (benchmark.holdout)")):
+              holdout: bool = typer.Option(True, help="also run the hold-out block (benchmark.holdout)"),
+              oracles_only: bool = typer.Option(False, "--oracles-only",
+                                                help="only refresh the yardstick (benchmark.yardstick) from the "
+                                                     "oracles already cached; trains nothing")):
     """Run every method (and the oracle) on the benchmark requests; write metrics/benchmark.json."""
-    from clip_unlearn.pipeline.benchmark import run_benchmark
+    from clip_unlearn.pipeline.benchmark import refresh_yardstick, run_benchmark
     from clip_unlearn.pipeline.benchmark_report import format_depth, format_rows, format_summary
 
     p = errors.params(params)
+    if oracles_only:
+        out = refresh_yardstick(p)
+        typer.echo("\n" + format_depth(out["rows"]))
+        typer.echo(f"\nwrote {out['path']}" + (f"; not cached: {', '.join(out['missing'])}" if out["missing"] else ""))
+        return
     out = run_benchmark(p, holdout=holdout)
     typer.echo("\n" + format_rows(out["rows"]))
     typer.echo("\n" + format_depth(out["rows"]))

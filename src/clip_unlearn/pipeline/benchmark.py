@@ -29,7 +29,7 @@ from clip_unlearn.core.schema import Section
 from clip_unlearn.core.splits import cached_split
 from clip_unlearn.pipeline.benchmark_report import (add_oracle_gaps, depth_plot_rows, format_rows, plot_per_class, row,
                                                    summarize)
-from clip_unlearn.pipeline.oracles import oracle_model, write_yardstick
+from clip_unlearn.pipeline.oracles import oracle_dir, oracle_key, oracle_model, write_yardstick
 from clip_unlearn.pipeline.unlearn import gate_in_force, judge, others, unlearn
 
 
@@ -195,6 +195,34 @@ def run_benchmark(params, log: Callable[[str], None] = print, synthetic_for: Cal
     if cfg.plots_dir:
         plot_per_class(results, Path(cfg.plots_dir))
     return out
+
+
+def refresh_yardstick(params, log: Callable[[str], None] = print) -> dict:
+    """The yardstick (benchmark.yardstick) from the oracles already cached for this reference, without
+    the rest of the benchmark: the named requests' and the hold-out subset's, judged on test as the
+    benchmark's oracle rows are. Missing or stale ones are listed, never trained (`unlearn benchmark`
+    trains them). {"rows", "missing", "path"}."""
+    cfg = params.benchmark
+    base = load_model(params.model.dir, device=params.bootstrap.device)
+    base_sha = file_sha256(Path(params.model.dir) / WEIGHTS_FILE)
+    h, seed = cfg.holdout, cfg.oracle_seeds[0]
+    plan = holdout_requests(cfg, params.data.root, list(params.data.datasets))
+    wanted = [(r, "named") for r, methods in benchmark_requests(cfg) if "oracle" in methods]
+    wanted += [(r, "holdout-class") for r in plan["classes"][:h.oracle_classes]]
+    wanted += [(r, "holdout-multi") for r in plan["pairs"][:h.oracle_pairs]]
+    wanted += [(r, "holdout-subgroup") for r in plan["subgroups"][:h.oracle_subgroups]]
+    rows, missing = [], []
+    for request, block in wanted:
+        meta = oracle_dir(params, base_sha, request, seed) / "oracle.json"
+        key = oracle_key(base, base_sha, request, seed)
+        if not meta.is_file() or {k: json.loads(meta.read_text()).get(k) for k in key} != key:
+            missing.append(request.describe())
+            continue
+        _, res, judged = _oracle_run(params, base, base_sha, request, seed, log)
+        rows.append(row(res, judged["checks"], judged["depth"]) | {"block": block})
+    path = write_yardstick(params, base_sha, rows)
+    log(f"[benchmark] yardstick from {len(rows)} cached oracles -> {path}; not cached: {', '.join(missing) or 'none'}")
+    return {"rows": rows, "missing": missing, "path": str(path)}
 
 
 def lineage_row(params, base, first: ForgetRequest, second: ForgetRequest, method: str, log) -> dict:
