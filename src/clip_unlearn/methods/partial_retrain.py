@@ -128,9 +128,7 @@ def partial_retrain(bundle: ClipBundle, ctx: UnlearnContext, cfg: PartialRetrain
     saved = [(p, p.requires_grad) for p in model.parameters()]
     for p in model.parameters():
         p.requires_grad_(id(p) in trainable)
-    opt = torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": 0.0},
-                             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
-                            lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.0)
     warm = min(cfg.warmup, max(1, cfg.steps // 5))
     scale = teacher.logit_scale.exp().detach()
     gen = torch.Generator().manual_seed(ctx.seed)
