@@ -1,6 +1,7 @@
 """Shared fixtures. Configs are shrunk for speed: tiny datasets, a few training steps.
 
-Markers: `slow` (minutes; CI runs them with `-m slow`), `gpu` (needs CUDA).
+Markers: `slow` (minutes; CI runs them with `-m slow`), `gpu` (needs CUDA), `reference` (set here on
+every test that takes `reference_params`: CI runs those beside the others, see .ci/run).
 Every process a test starts is stopped when the run ends, however it ends (tests/servers.py).
 """
 
@@ -101,6 +102,12 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=90):
         yield
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "reference_params" in item.fixturenames:
+            item.add_marker(pytest.mark.reference)
 
 
 def pytest_configure(config):

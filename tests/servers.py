@@ -281,6 +281,18 @@ def start_prefect(root: Path, **settings: str) -> tuple[subprocess.Popen, str]:
     return proc, url
 
 
+def drain_prefect_clients(timeout: float = 60) -> None:
+    """Send what this process's Prefect event and log workers still hold, and drop them, while their
+    server is up. Both are singletons that keep the server they first connected to: left behind, they
+    carry later tests' events to a stopped server, and draining them at exit then waits forever
+    (prefect_test_harness drains at its exit)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for service in (APILogWorker, EventsWorker):
+        service.drain_all(timeout=timeout)
+
+
 WORKER_MARK = "CLIP_UNLEARN_TEST_WORKER"
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from servers import start_prefect, start_worker, stop, stop_worker
+from servers import drain_prefect_clients, start_prefect, start_worker, stop, stop_worker
 from test_dispatch import req, runs_named, write_params
 
 from clip_unlearn.pipeline import model_registry as reg
@@ -47,6 +47,7 @@ def server(stack, tmp_path_factory):
     try:
         with temporary_settings({PREFECT_API_URL: url}):
             yield url
+            drain_prefect_clients()   # while this server is up: later tests get clients of their own
     finally:
         os.environ.pop("PREFECT_API_URL") if saved is None else os.environ.update(PREFECT_API_URL=saved)
         stop(proc)

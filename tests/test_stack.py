@@ -56,7 +56,7 @@ def _wait_final(env: dict, ppath: Path, rid: str, tmp_path: Path, timeout: float
         state = json.loads(_cli(env, "status", rid, "--json", "-p", str(ppath)).stdout)[0]
         if state["state"] in ("done", "failed"):
             break
-        time.sleep(5)
+        time.sleep(10)   # each `unlearn status` is a process importing torch: seconds of CPU the job needs
     return state
 
 
@@ -121,21 +121,20 @@ def test_scheduled_deployment_processes_a_pending_request(tmp_path, tiny_params)
         out = _cli(env, "submit", str(tmp_path / "req2.json"), "-p", str(ppath)).stdout
         assert "sched-2: flow run erase-sched-2 (Scheduled) on erase-request/erase-cpu-clip-ref" in out, out
         submitted = time.monotonic() - t0
-        pending = running = None
-        while time.monotonic() - t0 < 300:
-            st = json.loads(_cli(env, "status", "sched-2", "--json", "-p", str(ppath)).stdout)[0]
+        pending = finished = None
+        while time.monotonic() - t0 < 300:   # the flow run's state from the API (cheap), every second
             fr = _flow_run(env, "erase-sched-2")
             if pending is None and fr["state_type"] in ("PENDING", "RUNNING", "COMPLETED"):
                 pending = time.monotonic() - t0
-            if running is None and st["state"] != "pending":
-                running = time.monotonic() - t0
-            if st["state"] in ("done", "failed"):
+            if fr["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                finished = time.monotonic() - t0
                 break
             time.sleep(1)
-        assert st["state"] == "done" and st["last"]["version"] == "3", st
+        st = json.loads(_cli(env, "status", "sched-2", "--json", "-p", str(ppath)).stdout)[0]
+        assert st["state"] == "done" and st["last"]["version"] == "3", (st, fr["state_type"])
         assert pending is not None and pending < 30, pending      # the worker took it within seconds
-        print(f"\nsubmit took {submitted:.1f} s; its flow run was picked up {pending:.1f} s and claimed the "
-              f"request {running:.1f} s after submit started")
+        print(f"\nsubmit took {submitted:.1f} s; its flow run was picked up {pending:.1f} s and finished "
+              f"{finished:.1f} s after submit started")
         arts = _artifacts(env, ["erasure-sched-2", "erasure-sched-2-certificate"])
         table, link = arts["erasure-sched-2"], arts["erasure-sched-2-certificate"]
         assert table["type"] == "table" and link["type"] == "markdown"   # Prefect 3.8 stores a link as markdown
