@@ -65,24 +65,42 @@ def synthesize(params: str = PARAMS,
 
 def benchmark(params: str = PARAMS,
               holdout: bool = typer.Option(True, help="also run the hold-out block (benchmark.holdout)"),
+              named: bool = typer.Option(True, help="run the named requests (--no-named: the hold-out block "
+                                                    "alone; needs --out)"),
               oracles_only: bool = typer.Option(False, "--oracles-only",
                                                 help="only refresh the yardstick (benchmark.yardstick) from the "
-                                                     "oracles already cached; trains nothing")):
+                                                     "oracles already cached; trains nothing"),
+              with_oracle: bool = typer.Option(False, "--with-oracle",
+                                               help="only the requests that have an oracle row (named and the "
+                                                    "hold-out subset); no lineage rows; needs --out"),
+              method: Optional[list[str]] = typer.Option(None, "--method",
+                                                         help="only this method (repeatable; 'oracle' for the "
+                                                              "oracle rows); needs --out"),
+              request: Optional[list[str]] = typer.Option(None, "--request",
+                                                          help="only this request, e.g. digits:two or "
+                                                               "shapes:ring+hourglass (repeatable); needs --out"),
+              out: Optional[str] = typer.Option(None, help="rows of a restricted run (--with-oracle, --method)")):
     """Run every method (and the oracle) on the benchmark requests; write metrics/benchmark.json."""
+    from clip_unlearn.core.request import ForgetRequest
+    from clip_unlearn.core.schema import ConfigError
     from clip_unlearn.pipeline.benchmark import refresh_yardstick, run_benchmark
     from clip_unlearn.pipeline.benchmark_report import format_depth, format_rows, format_summary
 
     p = errors.params(params)
     if oracles_only:
-        out = refresh_yardstick(p)
-        typer.echo("\n" + format_depth(out["rows"]))
-        typer.echo(f"\nwrote {out['path']}" + (f"; not cached: {', '.join(out['missing'])}" if out["missing"] else ""))
+        res = refresh_yardstick(p)
+        typer.echo("\n" + format_depth(res["rows"]))
+        typer.echo(f"\nwrote {res['path']}" + (f"; not cached: {', '.join(res['missing'])}" if res["missing"] else ""))
         return
-    out = run_benchmark(p, holdout=holdout)
-    typer.echo("\n" + format_rows(out["rows"]))
-    typer.echo("\n" + format_depth(out["rows"]))
-    typer.echo("\n" + format_summary(out))
-    typer.echo(f"\nwrote {p.benchmark.out}")
+    if (with_oracle or method or request or not named) and not out:
+        raise ConfigError("--no-named, --with-oracle, --method and --request write their rows to --out PATH, "
+                          "not to benchmark.out")
+    res = run_benchmark(p, holdout=holdout, named=named, oracle_requests_only=with_oracle, methods=method or None,
+                        requests=[ForgetRequest.parse(r).describe() for r in request] if request else None, out=out)
+    typer.echo("\n" + format_rows(res["rows"]))
+    typer.echo("\n" + format_depth(res["rows"]))
+    typer.echo("\n" + format_summary(res))
+    typer.echo(f"\nwrote {out or p.benchmark.out}")
 
 
 def methods():

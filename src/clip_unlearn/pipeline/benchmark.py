@@ -25,11 +25,12 @@ from clip_unlearn.core.gate import forget_limit
 from clip_unlearn.core.measure import request_metrics
 from clip_unlearn.core.models import WEIGHTS_FILE, file_sha256, load_model
 from clip_unlearn.core.request import Earlier, ForgetRequest
-from clip_unlearn.core.schema import Section
+from clip_unlearn.core.schema import ConfigError, Section
 from clip_unlearn.core.splits import cached_split
+from clip_unlearn.methods import METHODS
 from clip_unlearn.pipeline.benchmark_report import (add_oracle_gaps, depth_plot_rows, format_rows, plot_per_class, row,
                                                    summarize)
-from clip_unlearn.pipeline.oracles import oracle_dir, oracle_key, oracle_model, write_yardstick
+from clip_unlearn.pipeline.oracles import cached_record, oracle_model, write_yardstick
 from clip_unlearn.pipeline.unlearn import gate_in_force, judge, others, unlearn
 
 
@@ -146,10 +147,21 @@ def _oracle_run(params, base, base_sha, request, seed, log, before=None):
 
 
 def run_benchmark(params, log: Callable[[str], None] = print, synthetic_for: Callable | None = None,
-                  holdout: bool = True) -> dict:
+                  holdout: bool = True, named: bool = True, oracle_requests_only: bool = False,
+                  methods: list[str] | None = None, requests: list[str] | None = None, out: str | None = None) -> dict:
     """`synthetic_for(request, bundle)` returns the ctx.synthetic callable for a request (or None).
-    Writes {"rows", "lineage_rows", "summary"} to benchmark.out."""
+    Writes {"rows", "lineage_rows", "summary"} to benchmark.out, with the summary, depth plot and yardstick.
+    A restricted run writes its rows to `out` only (never benchmark.out): `named` False, the hold-out
+    block alone; `oracle_requests_only`, the requests that have an oracle row and no lineage rows;
+    `methods`, only these (name "oracle" for the oracle rows); `requests`, only these (as `describe()`
+    writes them, e.g. "shapes:ring+hourglass"), so that several processes can share a benchmark."""
     cfg = params.benchmark
+    restricted = not named or oracle_requests_only or methods is not None or requests is not None
+    if restricted and (out is None or Path(out) == Path(cfg.out)):
+        raise ConfigError(f"a restricted benchmark run writes elsewhere than {cfg.out}: give it an out path")
+    unknown = sorted(set(methods or ()) - set(METHODS) - {"oracle"})
+    if unknown:
+        raise ConfigError(f"unknown method {', '.join(unknown)}; `unlearn methods` lists them")
     base = load_model(params.model.dir, device=params.bootstrap.device)
     base_sha = file_sha256(Path(params.model.dir) / WEIGHTS_FILE)
     rows, results = [], []
@@ -167,34 +179,51 @@ def run_benchmark(params, log: Callable[[str], None] = print, synthetic_for: Cal
         results.append(res)
         log(format_rows(rows[-1:], header=False))
 
-    for request, methods in benchmark_requests(cfg):
-        before = request_metrics(base, request, params.data.root, others(params, request))
-        for name in methods:
-            one(request, name, "named", before=before)
+    def chosen(request: ForgetRequest, names: list[str]) -> list[str]:
+        if (oracle_requests_only and "oracle" not in names) or (requests is not None and
+                                                                 request.describe() not in requests):
+            return []
+        return [n for n in names if methods is None or n in methods]
+
+    h = cfg.holdout
+    plan = holdout_requests(cfg, params.data.root, list(params.data.datasets))
+    if requests is not None:   # a request the run would not reach is refused before anything runs
+        known = [r.describe() for r, _ in benchmark_requests(cfg) if named] + \
+            [r.describe() for r in plan["classes"] + plan["pairs"] + plan["subgroups"] if holdout]
+        if missing := sorted(set(requests) - set(known)):
+            raise ConfigError(f"no benchmark request {', '.join(missing)} in this run; its requests: {', '.join(known)}")
+    for request, names in benchmark_requests(cfg) if named else []:
+        if names := chosen(request, names):
+            before = request_metrics(base, request, params.data.root, others(params, request))
+            for name in names:
+                one(request, name, "named", before=before)
     lineage_rows = []
     if holdout:
-        h = cfg.holdout
-        plan = holdout_requests(cfg, params.data.root, list(params.data.datasets))
         with_oracle = {r.describe() for r in [*plan["classes"][:h.oracle_classes], *plan["pairs"][:h.oracle_pairs],
                                               *plan["subgroups"][:h.oracle_subgroups]]}
         for request in plan["classes"] + plan["pairs"]:
             block = "holdout-class" if len(request.classes) == 1 else "holdout-multi"
-            for name in h.class_methods + (["oracle"] if request.describe() in with_oracle else []):
+            for name in chosen(request, h.class_methods + (["oracle"] if request.describe() in with_oracle else [])):
                 one(request, name, block)
         for request in plan["subgroups"]:
-            for name in h.subgroup_methods + (["oracle"] if request.describe() in with_oracle else []):
+            for name in chosen(request, h.subgroup_methods + (["oracle"] if request.describe() in with_oracle else [])):
                 one(request, name, "holdout-subgroup")
-        for first, second in plan["lineage"]:
-            lineage_rows.append(lineage_row(params, base, first, second, h.lineage_method, log))
+        if not oracle_requests_only and requests is None:
+            for first, second in plan["lineage"]:
+                lineage_rows.append(lineage_row(params, base, first, second, h.lineage_method, log))
     add_oracle_gaps(rows)
+    result = {"rows": rows, "lineage_rows": lineage_rows, "summary": summarize(rows, lineage_rows)}
+    if restricted:   # the yardstick comes from every cached oracle: `unlearn benchmark --oracles-only`
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=1) + "\n")
+        return result
     write_yardstick(params, base_sha, rows)
-    out = {"rows": rows, "lineage_rows": lineage_rows, "summary": summarize(rows, lineage_rows)}
-    for path, content in ((cfg.out, out), (cfg.summary, out["summary"]), (cfg.depth_plot, depth_plot_rows(rows))):
+    for path, content in ((cfg.out, result), (cfg.summary, result["summary"]), (cfg.depth_plot, depth_plot_rows(rows))):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(content, indent=1) + "\n")
     if cfg.plots_dir:
         plot_per_class(results, Path(cfg.plots_dir))
-    return out
+    return result
 
 
 def refresh_yardstick(params, log: Callable[[str], None] = print) -> dict:
@@ -213,9 +242,7 @@ def refresh_yardstick(params, log: Callable[[str], None] = print) -> dict:
     wanted += [(r, "holdout-subgroup") for r in plan["subgroups"][:h.oracle_subgroups]]
     rows, missing = [], []
     for request, block in wanted:
-        meta = oracle_dir(params, base_sha, request, seed) / "oracle.json"
-        key = oracle_key(base, base_sha, request, seed)
-        if not meta.is_file() or {k: json.loads(meta.read_text()).get(k) for k in key} != key:
+        if cached_record(params, base, base_sha, request, seed) is None:
             missing.append(request.describe())
             continue
         _, res, judged = _oracle_run(params, base, base_sha, request, seed, log)

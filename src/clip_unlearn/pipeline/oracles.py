@@ -45,6 +45,16 @@ def oracle_dir(params, reference_sha: str, request: ForgetRequest, seed: int) ->
     return Path(params.benchmark.oracle_cache) / reference_sha[:16] / f"{slug}-seed{seed}"
 
 
+def cached_record(params, reference: ClipBundle, reference_sha: str, request: ForgetRequest, seed: int) -> dict | None:
+    """The cached oracle's oracle.json when it was made with these settings, else None."""
+    meta = oracle_dir(params, reference_sha, request, seed) / "oracle.json"
+    if not meta.is_file():
+        return None
+    key = oracle_key(reference, reference_sha, request, seed)
+    record = json.loads(meta.read_text())
+    return record if {k: record.get(k) for k in key} == key else None
+
+
 def oracle_model(params, reference: ClipBundle, reference_sha: str, request: ForgetRequest, seed: int = 0,
                  log: Callable[[str], None] = print) -> tuple[ClipBundle, dict]:
     """The oracle for `request` (retrained with the reference's recipe, training seed `seed`) and its
@@ -52,13 +62,12 @@ def oracle_model(params, reference: ClipBundle, reference_sha: str, request: For
     key = oracle_key(reference, reference_sha, request, seed)
     folder = oracle_dir(params, reference_sha, request, seed)
     meta = folder / "oracle.json"
+    if (record := cached_record(params, reference, reference_sha, request, seed)) is not None:
+        bundle = load_model(str(folder), device=params.bootstrap.device)
+        if file_sha256(folder / WEIGHTS_FILE) == record.get("weights_sha256", file_sha256(folder / WEIGHTS_FILE)):
+            log(f"[oracle] {request.describe()} seed {seed}: cached in {folder}")
+            return bundle, record | {"cached": True}
     if meta.is_file():
-        record = json.loads(meta.read_text())
-        if {k: record.get(k) for k in key} == key:
-            bundle = load_model(str(folder), device=params.bootstrap.device)
-            if file_sha256(folder / WEIGHTS_FILE) == record.get("weights_sha256", file_sha256(folder / WEIGHTS_FILE)):
-                log(f"[oracle] {request.describe()} seed {seed}: cached in {folder}")
-                return bundle, record | {"cached": True}
         log(f"[oracle] {folder} was made for other settings; retraining")
     log(f"[oracle] retraining without {request.describe()} (seed {seed}, {key['steps']} steps)")
     boot = BootstrapConfig.model_validate({**key["bootstrap"], "threads": torch.get_num_threads(),
