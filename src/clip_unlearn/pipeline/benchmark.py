@@ -166,17 +166,22 @@ def run_benchmark(params, log: Callable[[str], None] = print, synthetic_for: Cal
     base_sha = file_sha256(Path(params.model.dir) / WEIGHTS_FILE)
     rows, results = [], []
 
+    def keep(res, judged, block):
+        rows.append(row(res, judged["checks"], judged["depth"]) | {"block": block})
+        results.append(res)
+        if restricted:   # a slice keeps every row as it comes: a stopped run loses only the one in progress
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            Path(out).write_text(json.dumps({"rows": rows, "partial": True}, indent=1) + "\n")
+
     def one(request, name, block, **kw):
         if name == "oracle":
             for seed in cfg.oracle_seeds:
                 _, res, judged = _oracle_run(params, base, base_sha, request, seed, log, kw.get("before"))
-                rows.append(row(res, judged["checks"], judged["depth"]) | {"block": block})
-                results.append(res)
+                keep(res, judged, block)
             return
         synthetic = synthetic_for(request, base) if synthetic_for and name == "lipschitz" else None
         _, res, judged = _run(params, base, request, name, log, synthetic=synthetic, **kw)
-        rows.append(row(res, judged["checks"], judged["depth"]) | {"block": block})
-        results.append(res)
+        keep(res, judged, block)
         log(format_rows(rows[-1:], header=False))
 
     def chosen(request: ForgetRequest, names: list[str]) -> list[str]:
