@@ -146,6 +146,11 @@ def _oracle_run(params, base, base_sha, request, seed, log, before=None):
     return bundle, res, judge(params, bundle, res, depth_always=True)
 
 
+def _write_json(path: str | Path, content) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(content, indent=1) + "\n")
+
+
 def run_benchmark(params, log: Callable[[str], None] = print, synthetic_for: Callable | None = None,
                   holdout: bool = True, named: bool = True, oracle_requests_only: bool = False,
                   methods: list[str] | None = None, requests: list[str] | None = None, out: str | None = None) -> dict:
@@ -154,11 +159,13 @@ def run_benchmark(params, log: Callable[[str], None] = print, synthetic_for: Cal
     A restricted run writes its rows to `out` only (never benchmark.out): `named` False, the hold-out
     block alone; `oracle_requests_only`, the requests that have an oracle row and no lineage rows;
     `methods`, only these (name "oracle" for the oracle rows); `requests`, only these (as `describe()`
-    writes them, e.g. "shapes:ring+hourglass"), so that several processes can share a benchmark."""
+    writes them, e.g. "shapes:ring+hourglass") and no lineage rows, so that several processes can share
+    a benchmark."""
     cfg = params.benchmark
     restricted = not named or oracle_requests_only or methods is not None or requests is not None
     if restricted and (out is None or Path(out) == Path(cfg.out)):
-        raise ConfigError(f"a restricted benchmark run writes elsewhere than {cfg.out}: give it an out path")
+        raise ConfigError(f"a restricted benchmark run (--no-named, --with-oracle, --method, --request) writes "
+                          f"elsewhere than {cfg.out}: give it an out path (--out)")
     unknown = sorted(set(methods or ()) - set(METHODS) - {"oracle"})
     if unknown:
         raise ConfigError(f"unknown method {', '.join(unknown)}; `unlearn methods` lists them")
@@ -170,8 +177,7 @@ def run_benchmark(params, log: Callable[[str], None] = print, synthetic_for: Cal
         rows.append(row(res, judged["checks"], judged["depth"]) | {"block": block})
         results.append(res)
         if restricted:   # a slice keeps every row as it comes: a stopped run loses only the one in progress
-            Path(out).parent.mkdir(parents=True, exist_ok=True)
-            Path(out).write_text(json.dumps({"rows": rows, "partial": True}, indent=1) + "\n")
+            _write_json(out, {"rows": rows, "partial": True})
 
     def one(request, name, block, **kw):
         if name == "oracle":
@@ -191,10 +197,10 @@ def run_benchmark(params, log: Callable[[str], None] = print, synthetic_for: Cal
         return [n for n in names if methods is None or n in methods]
 
     h = cfg.holdout
-    plan = holdout_requests(cfg, params.data.root, list(params.data.datasets))
+    plan = holdout_requests(cfg, params.data.root, list(params.data.datasets)) if holdout else None
     if requests is not None:   # a request the run would not reach is refused before anything runs
         known = [r.describe() for r, _ in benchmark_requests(cfg) if named] + \
-            [r.describe() for r in plan["classes"] + plan["pairs"] + plan["subgroups"] if holdout]
+            [r.describe() for r in (plan["classes"] + plan["pairs"] + plan["subgroups"] if plan else [])]
         if missing := sorted(set(requests) - set(known)):
             raise ConfigError(f"no benchmark request {', '.join(missing)} in this run; its requests: {', '.join(known)}")
     for request, names in benchmark_requests(cfg) if named else []:
@@ -219,13 +225,11 @@ def run_benchmark(params, log: Callable[[str], None] = print, synthetic_for: Cal
     add_oracle_gaps(rows)
     result = {"rows": rows, "lineage_rows": lineage_rows, "summary": summarize(rows, lineage_rows)}
     if restricted:   # the yardstick comes from every cached oracle: `unlearn benchmark --oracles-only`
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(result, indent=1) + "\n")
+        _write_json(out, result)
         return result
     write_yardstick(params, base_sha, rows)
     for path, content in ((cfg.out, result), (cfg.summary, result["summary"]), (cfg.depth_plot, depth_plot_rows(rows))):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(content, indent=1) + "\n")
+        _write_json(path, content)
     if cfg.plots_dir:
         plot_per_class(results, Path(cfg.plots_dir))
     return result

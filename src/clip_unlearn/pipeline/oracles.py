@@ -62,11 +62,10 @@ def oracle_model(params, reference: ClipBundle, reference_sha: str, request: For
     key = oracle_key(reference, reference_sha, request, seed)
     folder = oracle_dir(params, reference_sha, request, seed)
     meta = folder / "oracle.json"
-    if (record := cached_record(params, reference, reference_sha, request, seed)) is not None:
-        bundle = load_model(str(folder), device=params.bootstrap.device)
-        if file_sha256(folder / WEIGHTS_FILE) == record.get("weights_sha256", file_sha256(folder / WEIGHTS_FILE)):
-            log(f"[oracle] {request.describe()} seed {seed}: cached in {folder}")
-            return bundle, record | {"cached": True}
+    record = cached_record(params, reference, reference_sha, request, seed)
+    if record is not None and record.get("weights_sha256") in (None, file_sha256(folder / WEIGHTS_FILE)):
+        log(f"[oracle] {request.describe()} seed {seed}: cached in {folder}")
+        return load_model(str(folder), device=params.bootstrap.device), record | {"cached": True}
     if meta.is_file():
         log(f"[oracle] {folder} was made for other settings; retraining")
     log(f"[oracle] retraining without {request.describe()} (seed {seed}, {key['steps']} steps)")
