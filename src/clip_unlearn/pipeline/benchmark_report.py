@@ -137,7 +137,7 @@ def format_summary(out: dict) -> str:
     """Share of requests meeting every target, per block and method, with mean seconds."""
     lines = [f"{'block':18} {'method':16} {'met':>7} {'share':>6} {'mean s':>8}"]
     for block, cells in out["summary"].items():
-        if not isinstance(cells, dict) or block == "lineage":
+        if not isinstance(cells, dict) or block in ("lineage", "depth_vs_oracle"):   # printed below
             continue
         for method, c in cells.items():
             lines.append(f"{block:18} {method:16} {c['met']:>3}/{c['n']:<3} {c['share']:>6.2f} "
