@@ -5,11 +5,17 @@
 
 Each model gets its own deployment, `erase-request/<base>-<model>`, copied on demand from the base
 deployment `erase-request/<erase.schedule.erase_deployment>` (made by `unlearn serve` or
-`prefect deploy`) with `concurrency_limit=1` and the ENQUEUE collision strategy. The server then
-keeps a model's second run Scheduled (AwaitingConcurrencySlot) until the first one ends: a waiting
-run holds no worker, so workers take other models' runs meanwhile, and the running flow's engine
-renews the slot's lease for as long as it runs. The idempotency key comes from the S3 log
-(pipeline/dispatch.py attempt_key), so a resubmit, two submitters or the sweeper get one run.
+`prefect deploy`), on a work queue of its own in the base's pool (same name, concurrency limit 1).
+Two Prefect limits keep a model to one run at a time. The queue's limit is applied when a worker
+asks for runs: while a model's run is Pending or Running, its other runs are not handed out, so
+an idle worker gets another model's run in its next poll instead of being turned away by each
+queued run of a busy model, one poll at a time. The deployment's limit (1, ENQUEUE) is the one
+that holds under races: a second run that reaches the server is kept Scheduled
+(AwaitingConcurrencySlot), and the running flow's engine renews the slot's lease while it runs.
+The idempotency key comes from the S3 log (pipeline/dispatch.py attempt_key), so a resubmit, two
+submitters or the sweeper get one run. A run whose S3 claim expired while Prefect still shows it
+Running (its worker is gone with it) is marked Crashed before the next attempt starts: otherwise
+it would hold its model's queue for good.
 """
 
 from __future__ import annotations
@@ -17,10 +23,12 @@ from __future__ import annotations
 from typing import Callable
 
 from prefect.client.orchestration import SyncPrefectClient, get_client
-from prefect.client.schemas.objects import ConcurrencyLimitStrategy, ConcurrencyOptions
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType, FlowRunFilterTags
+from prefect.client.schemas.objects import ConcurrencyLimitStrategy, ConcurrencyOptions, StateType
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.settings import get_current_settings
+from prefect.states import Crashed
 
 from clip_unlearn.pipeline.config import Params
 from clip_unlearn.pipeline.dispatch import dispatch
@@ -28,7 +36,7 @@ from clip_unlearn.pipeline.request_store import RequestStore
 
 FLOW = "erase-request"
 # What a per-model deployment copies from the base; a copy that differs is brought up to date.
-COPIED = ("entrypoint", "path", "pull_steps", "job_variables", "parameters", "work_pool_name", "work_queue_name",
+COPIED = ("entrypoint", "path", "pull_steps", "job_variables", "parameters", "work_pool_name",
           "parameter_openapi_schema", "enforce_parameter_schema", "description")
 
 
@@ -51,27 +59,62 @@ def unavailable(params: Params) -> str | None:
     return None
 
 
+def model_queue(client: SyncPrefectClient, pool: str, name: str) -> str:
+    """The work queue `name` in `pool` with concurrency limit 1, made or set so; returns its name."""
+    try:
+        q = client.read_work_queue_by_name(name, work_pool_name=pool)
+    except ObjectNotFound:
+        try:
+            client.create_work_queue(name=name, work_pool_name=pool, concurrency_limit=1,
+                                     description="One erasure at a time for this model (clip-unlearn).")
+            return name
+        except ObjectAlreadyExists:
+            q = client.read_work_queue_by_name(name, work_pool_name=pool)
+    if q.concurrency_limit != 1:
+        client.update_work_queue(q.id, concurrency_limit=1)
+    return name
+
+
 def model_deployment(client: SyncPrefectClient, base: str, model: str) -> str:
-    """`erase-request/<base>-<model>` (concurrency 1, ENQUEUE), made from the base deployment or
-    brought up to date with it; returns its name. Racing callers are fine: creating upserts."""
+    """`erase-request/<base>-<model>` (concurrency 1, ENQUEUE, on its own queue of limit 1), made
+    from the base deployment or brought up to date with it; returns its name. Racing callers are
+    fine: creating upserts."""
     b = client.read_deployment_by_name(base)
     flow_name, base_name = base.split("/", 1)
     name = f"{base_name}-{model}"
+    queue = model_queue(client, b.work_pool_name, name)
     try:
         d = client.read_deployment_by_name(f"{flow_name}/{name}")
-        if all(getattr(d, k) == getattr(b, k) for k in COPIED) and d.concurrency_options is not None:
+        if (all(getattr(d, k) == getattr(b, k) for k in COPIED) and d.work_queue_name == queue
+                and d.concurrency_options is not None):
             return f"{flow_name}/{name}"
         paused = d.paused
     except ObjectNotFound:
         paused = b.paused
     try:
         client.create_deployment(
-            flow_id=b.flow_id, name=name, **{k: getattr(b, k) for k in COPIED}, paused=paused,
-            tags=sorted({*b.tags, f"model:{model}"}), concurrency_limit=1,
+            flow_id=b.flow_id, name=name, **{k: getattr(b, k) for k in COPIED}, work_queue_name=queue,
+            paused=paused, tags=sorted({*b.tags, f"model:{model}"}), concurrency_limit=1,
             concurrency_options=ConcurrencyOptions(collision_strategy=ConcurrencyLimitStrategy.ENQUEUE))
     except ObjectAlreadyExists:
         pass
     return f"{flow_name}/{name}"
+
+
+def crash_lost_runs(client: SyncPrefectClient, rid: str, expired_at: float) -> list[str]:
+    """Mark Crashed the flow runs of `rid` that Prefect still shows Pending or Running though they
+    were made before its S3 claim expired (at `expired_at`, epoch s): nobody is left to report them.
+    A run made after that is a new attempt and is left alone. Returns their names."""
+    lost = []
+    for fr in client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            tags=FlowRunFilterTags(all_=[f"request:{rid}"]),
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PENDING, StateType.RUNNING])))):
+        if fr.created and fr.created.timestamp() < expired_at:
+            client.set_flow_run_state(fr.id, Crashed(message=(
+                f"its claim on request {rid} expired at {expired_at:.0f} (epoch s) without a renewal: the run "
+                "is lost with its worker; clip-unlearn starts the next attempt")), force=True)
+            lost.append(fr.name)
+    return lost
 
 
 def start_run(deployment: str, rid: str) -> Callable[[str], dict]:
@@ -93,9 +136,14 @@ def dispatch_request(params: Params, rid: str, store: RequestStore | None = None
     store = store or RequestStore(params.storage)
     model = store.get(rid).model
     deployments = {} if _deployments is None else _deployments
-    if model not in deployments:
+    st = store.state(rid)
+    lost = st["state"] == "running" and store.claimable(st)   # claimed, then no renewal: its run is gone
+    if model not in deployments or lost:
         with get_client(sync_client=True) as c:
-            deployments[model] = model_deployment(c, base_deployment(params), model)
+            if model not in deployments:
+                deployments[model] = model_deployment(c, base_deployment(params), model)
+            for name in crash_lost_runs(c, rid, st["last"].get("until", 0)) if lost else ():
+                log(f"request {rid}: flow run {name} marked Crashed (its claim expired; its worker is gone)")
     return dispatch(store, rid, start_run(deployments[model], rid), params.erase.max_attempts, log)
 
 

@@ -139,6 +139,9 @@ def test_submit_starts_one_flow_run_however_often_and_by_however_many(deployed, 
         assert d.global_concurrency_limit.limit == 1
         assert d.concurrency_options.collision_strategy == ConcurrencyLimitStrategy.ENQUEUE
         assert d.entrypoint == "flows/erase.py:erase_request" and d.parameters["params_path"] == path
+        # its own queue, limit 1: a worker is not handed this model's second run while the first runs
+        assert d.work_pool_name == deployed["pool"] and d.work_queue_name == f"{base}-{model}"
+        assert c.read_work_queue_by_name(d.work_queue_name, work_pool_name=deployed["pool"]).concurrency_limit == 1
     # two submitters at the same moment, each its own process: one run
     g = tmp_path / "two.json"
     g.write_text(json.dumps(req("two", model, "three").model_dump()))
@@ -160,6 +163,39 @@ def test_submit_starts_one_flow_run_however_often_and_by_however_many(deployed, 
     assert again["key"] == "erase-one-a2" and again["flow_run"]["id"] != str(run.id)
     assert sorted(r.idempotency_key for r in runs_named("erase-one")) == ["erase-one-a1", "erase-one-a2"]
     assert store.state("one")["state"] == "pending"   # the S3 log is the record; nothing ran
+
+
+def test_a_run_lost_with_its_worker_is_marked_crashed_and_the_next_attempt_starts(deployed):
+    """A worker gone with its run leaves it Running in Prefect, where it would hold its model's
+    queue (limit 1) for good; once the request's S3 claim has expired, the sweeper marks it Crashed
+    and starts the next attempt. A run made after the claim expired is not touched."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Running
+
+    from flows.dispatch import dispatch_request, sweep
+
+    p, model = deployed["params"], deployed["model"]
+    store = RequestStore(p.storage)
+    store.submit(req("lost", model))
+    first = dispatch_request(p, "lost", store, log=lambda s: None)["flow_run"]
+    with get_client(sync_client=True) as c:   # what a worker did before it vanished: Running, claimed
+        c.set_flow_run_state(first["id"], Running(), force=True)
+    assert store.claim("lost", ttl=1, max_attempts=3) is not None
+    assert "lost" not in [i["id"] for i in sweep(p, store, log=lambda s: None)]   # a live claim: left alone
+    time.sleep(1.5)
+    logs = []
+    (info,) = [i for i in sweep(p, store, log=logs.append) if i["id"] == "lost"]
+    assert info["key"] == "erase-lost-a2" and info["flow_run"]["id"] != first["id"], info
+    assert any("erase-lost marked Crashed" in s for s in logs), logs
+    with get_client(sync_client=True) as c:
+        old = c.read_flow_run(first["id"])
+        assert old.state.name == "Crashed" and "claim on request lost expired" in old.state.message
+        new = info["flow_run"]["id"]
+        c.set_flow_run_state(new, Running(), force=True)   # the new attempt, taken by a worker, not claimed yet
+    again = [i for i in sweep(p, store, log=lambda s: None) if i["id"] == "lost"]
+    assert again and again[0]["flow_run"]["id"] == new
+    with get_client(sync_client=True) as c:
+        assert c.read_flow_run(new).state.name == "Running"
 
 
 def test_submit_with_prefect_down_queues_the_request_and_says_so(deployed, tmp_path):
