@@ -3,6 +3,7 @@
     python scripts/dev_depth.py digits:seven partial_retrain                  # params.yaml's config
     python scripts/dev_depth.py digits:seven partial_retrain '{"distill_weight": 1.0}'
     python scripts/dev_depth.py shapes:star oracle-cache                      # a cached retrain oracle
+    python scripts/dev_depth.py shapes:star oracle-seed:1                     # the oracle of seed 1 (trained on a miss)
     python scripts/dev_depth.py shapes:star base                              # the reference itself
 
 Reads params.yaml (data root, reference folder, benchmark.oracle_cache); threads: TORCH_THREADS
@@ -24,7 +25,7 @@ from clip_unlearn.core.models import WEIGHTS_FILE, file_sha256, load_model
 from clip_unlearn.core.request import ForgetRequest
 from clip_unlearn.methods import UnlearnContext, get_method, run_method
 from clip_unlearn.pipeline.config import load_params
-from clip_unlearn.pipeline.oracles import oracle_dir
+from clip_unlearn.pipeline.oracles import oracle_dir, oracle_model
 
 torch.set_num_threads(int(os.environ.get("TORCH_THREADS", "2")))
 req, method = ForgetRequest.parse(sys.argv[1]), sys.argv[2]
@@ -39,6 +40,9 @@ if method == "base":
 elif method == "oracle-cache":
     folder = oracle_dir(p, file_sha256(Path(ref) / WEIGHTS_FILE), req, seed=0)
     bundle, seconds, cfg = load_model(str(folder), device="cpu"), None, {"folder": str(folder)}
+elif method.startswith("oracle-seed:"):
+    bundle, record = oracle_model(p, base, file_sha256(Path(ref) / WEIGHTS_FILE), req, seed=int(method.split(":")[1]))
+    seconds, cfg = record["train_seconds"], {"cached": record["cached"]}
 else:
     m = get_method(method)
     known = p.methods.get(method)
