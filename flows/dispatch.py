@@ -136,15 +136,16 @@ def dispatch_request(params: Params, rid: str, store: RequestStore | None = None
     store = store or RequestStore(params.storage)
     model = store.get(rid).model
     deployments = {} if _deployments is None else _deployments
-    st = store.state(rid)
-    lost = st["state"] == "running" and store.claimable(st)   # claimed, then no renewal: its run is gone
-    if model not in deployments or lost:
+    if model not in deployments:
         with get_client(sync_client=True) as c:
-            if model not in deployments:
-                deployments[model] = model_deployment(c, base_deployment(params), model)
-            for name in crash_lost_runs(c, rid, st["last"].get("until", 0)) if lost else ():
+            deployments[model] = model_deployment(c, base_deployment(params), model)
+
+    def lost(expired_at: float) -> None:
+        with get_client(sync_client=True) as c:
+            for name in crash_lost_runs(c, rid, expired_at):
                 log(f"request {rid}: flow run {name} marked Crashed (its claim expired; its worker is gone)")
-    return dispatch(store, rid, start_run(deployments[model], rid), params.erase.max_attempts, log)
+
+    return dispatch(store, rid, start_run(deployments[model], rid), params.erase.max_attempts, log, lost)
 
 
 def sweep(params: Params, store: RequestStore | None = None, log: Callable[[str], None] = print,

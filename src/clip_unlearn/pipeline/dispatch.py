@@ -105,7 +105,7 @@ def attempt_key(rid: str, attempt: int) -> str:
 
 
 def dispatch(store: RequestStore, rid: str, start: Callable[[str], dict], max_attempts: int,
-             log: Callable[[str], None] = print) -> dict | None:
+             log: Callable[[str], None] = print, lost: Callable[[float], None] | None = None) -> dict | None:
     """Start the run of a request that waits, or find the one already started. None if it does not
     wait (finished, or running under a live claim).
 
@@ -113,10 +113,13 @@ def dispatch(store: RequestStore, rid: str, start: Callable[[str], dict], max_at
     {"id", "name", "state", "final"}. The key is attempt_key(rid, attempts in the S3 log + 1). A run
     found final (crashed, failed, cancelled, or completed without finishing the request) while the
     request still waits moves on to the next key; after `max_attempts` such runs the request is
-    marked failed."""
+    marked failed. `lost(expired_at)` is called first when the request was claimed and the claim
+    expired unrenewed (epoch s): the run that held it is gone, whatever its orchestrator still shows."""
     st = store.state(rid)
     if not store.claimable(st):
         return None
+    if lost and st["state"] == "running":
+        lost(st["last"].get("until", 0))
     first = st["attempts"] + 1
     run = None
     for attempt in range(first, first + max_attempts):
