@@ -68,23 +68,30 @@ def tiny_params(repo_params, tiny_root) -> Params:
     return params
 
 
-@pytest.fixture(scope="session")
-def reference_params(repo_params, tmp_path_factory) -> Params:
-    """The full default reference model, trained once per session (slow: ~10 min on 2 cores).
-    Set CLIP_UNLEARN_TEST_REFERENCE=DIR to reuse a folder between runs."""
-    root = Path(os.environ.get("CLIP_UNLEARN_TEST_REFERENCE") or tmp_path_factory.mktemp("reference"))
-    params = repo_params.model_copy(update={
-        "data": repo_params.data.model_copy(update={"root": str(root / "data")}),
-        "model": repo_params.model.model_copy(update={"dir": str(root / "models" / "reference")}),
-        "evaluation": repo_params.evaluation.model_copy(update={
-            "out": str(root / "metrics" / "reference.json"), "details": str(root / "reports" / "eval.json")}),
-    })
+def trained_reference(root: Path) -> Params:
+    """Params whose data, reference model and metrics live under root: the full default reference,
+    trained unless root already holds it (slow: ~10 min on 2 cores). CI trains it first, alone:
+    PYTHONPATH=tests python -c 'import sys, conftest; conftest.trained_reference(sys.argv[1])' DIR"""
     from clip_unlearn.pipeline.reference import make_data, model_is_current, train_and_save
 
+    root, repo = Path(root), load_params(REPO / "params.yaml")
+    params = repo.model_copy(update={
+        "data": repo.data.model_copy(update={"root": str(root / "data")}),
+        "model": repo.model.model_copy(update={"dir": str(root / "models" / "reference")}),
+        "evaluation": repo.evaluation.model_copy(update={
+            "out": str(root / "metrics" / "reference.json"), "details": str(root / "reports" / "eval.json")}),
+    })
     make_data(params)
     if not model_is_current(params):
         train_and_save(params)
     return params
+
+
+@pytest.fixture(scope="session")
+def reference_params(tmp_path_factory) -> Params:
+    """The full default reference model, trained once per session (trained_reference).
+    Set CLIP_UNLEARN_TEST_REFERENCE=DIR to reuse a folder between runs."""
+    return trained_reference(os.environ.get("CLIP_UNLEARN_TEST_REFERENCE") or tmp_path_factory.mktemp("reference"))
 
 
 @pytest.fixture(scope="session")

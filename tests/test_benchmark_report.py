@@ -14,7 +14,9 @@ def test_summary_prints_shares_and_the_depth_gap_to_the_oracle():
             _row("oracle", "digits:seven", False, 0.35), _row("auto", "shapes:star", False, 0.60),
             _row("oracle", "shapes:star", True, 0.45)]
     add_oracle_gaps(rows)
-    text = format_summary({"summary": summarize(rows, [])})
+    summary = summarize(rows, [])
+    assert set(summary["blocks"]) == {"named"} and summary["blocks"]["named"]["auto"]["share"] == 0.5
+    text = format_summary({"summary": summary})
     lines = text.splitlines()
     assert any(ln.split()[:3] == ["named", "auto", "1/2"] for ln in lines), text
     assert any(ln.split()[:3] == ["named", "oracle", "1/2"] for ln in lines), text

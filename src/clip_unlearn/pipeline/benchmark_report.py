@@ -74,15 +74,16 @@ def depth_gaps(rows: list[dict]) -> dict:
 
 
 def summarize(rows: list[dict], lineage_rows: list[dict]) -> dict:
-    """Per block and method: share of requests meeting every target, mean seconds; best data-free
-    share per hold-out class / subgroup request; the oracle's seconds."""
-    out: dict = {}
+    """{"blocks": per block and method, the share of requests meeting every target and mean seconds,
+    with the best data-free share per hold-out class / subgroup request; "oracle_seconds";
+    "depth_vs_oracle" (depth_gaps); "lineage" when there are lineage rows}."""
+    blocks: dict = {}
     for r in rows:
-        cell = out.setdefault(r["block"], {}).setdefault(r["method"], {"n": 0, "met": 0, "seconds": 0.0})
+        cell = blocks.setdefault(r["block"], {}).setdefault(r["method"], {"n": 0, "met": 0, "seconds": 0.0})
         cell["n"] += 1
         cell["met"] += int(r["targets_met"])
         cell["seconds"] += r["seconds"]
-    for block in out.values():
+    for block in blocks.values():
         for cell in block.values():
             cell["share"] = round(cell["met"] / cell["n"], 3)
             cell["mean_seconds"] = round(cell.pop("seconds") / cell["n"], 2)
@@ -92,11 +93,10 @@ def summarize(rows: list[dict], lineage_rows: list[dict]) -> dict:
             if r["block"] == block and r.get("data_free") and r["method"] != "auto":
                 by_request[r["forget"]] = by_request.get(r["forget"], False) or r["targets_met"]
         if by_request:
-            out[block]["best data-free"] = {"n": len(by_request), "met": sum(by_request.values()),
-                                            "share": round(sum(by_request.values()) / len(by_request), 3)}
-    oracle = [r["seconds"] for r in rows if r["method"] == "oracle"]
-    out["oracle_seconds"] = oracle
-    out["depth_vs_oracle"] = depth_gaps(rows)
+            blocks[block]["best data-free"] = {"n": len(by_request), "met": sum(by_request.values()),
+                                               "share": round(sum(by_request.values()) / len(by_request), 3)}
+    out = {"blocks": blocks, "oracle_seconds": [r["seconds"] for r in rows if r["method"] == "oracle"],
+           "depth_vs_oracle": depth_gaps(rows)}
     if lineage_rows:
         out["lineage"] = {"n": len(lineage_rows), "ok": sum(r["ok"] for r in lineage_rows),
                           "share": round(sum(r["ok"] for r in lineage_rows) / len(lineage_rows), 3)}
@@ -136,9 +136,7 @@ def format_depth(rows: list[dict]) -> str:
 def format_summary(out: dict) -> str:
     """Share of requests meeting every target, per block and method, with mean seconds."""
     lines = [f"{'block':18} {'method':16} {'met':>7} {'share':>6} {'mean s':>8}"]
-    for block, cells in out["summary"].items():
-        if not isinstance(cells, dict) or block in ("lineage", "depth_vs_oracle"):   # printed below
-            continue
+    for block, cells in out["summary"]["blocks"].items():
         for method, c in cells.items():
             lines.append(f"{block:18} {method:16} {c['met']:>3}/{c['n']:<3} {c['share']:>6.2f} "
                          f"{c.get('mean_seconds', float('nan')):>8.1f}")
