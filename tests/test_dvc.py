@@ -74,3 +74,22 @@ def test_dvc_repro_runs_then_is_a_no_op(tmp_path, stack):
     assert "Running stage 'data'" not in third and "Running stage 'register'" in third
     shown = run(["dvc", "metrics", "show", "--json"], work)
     assert "top1" in shown
+
+
+def test_the_reference_check_uses_dvcs_own_folder_hash(tmp_path):
+    """lock_check says whether a trained reference is the committed one; its hash is DVC's (`dvc add`)."""
+    from clip_unlearn.pipeline.reference import folder_md5, lock_check
+
+    model = tmp_path / "models" / "reference"
+    (model / "sub").mkdir(parents=True)
+    (model / "weights.bin").write_bytes(bytes(range(256)))
+    (model / "sub" / "config.json").write_text('{"a": 1}\n')
+    run(["dvc", "init", "--no-scm", "-q"], tmp_path)
+    run(["dvc", "add", "-q", "models/reference"], tmp_path)
+    added = yaml.safe_load((tmp_path / "models" / "reference.dvc").read_text())["outs"][0]["md5"]
+    assert folder_md5(model) == added
+    lock = tmp_path / "dvc.lock"
+    lock.write_text(yaml.safe_dump({"stages": {"reference": {"outs": [{"path": "models/reference", "md5": added}]}}}))
+    assert "the committed one" in lock_check(model, lock)
+    (model / "weights.bin").write_bytes(bytes(range(255)))
+    assert "other weights" in lock_check(model, lock)

@@ -9,6 +9,13 @@
    torchvision (transforms, datasets, models with weights=None) import; `torchvision.ops`
    and `torchvision.io` decoding stay unavailable, so images are decoded with PIL.
    On a CUDA torch, or when torchvision's own ops load, this does nothing.
+3. One CPU code path on every x86 machine: oneDNN (the bf16 matmuls) and MKL (fp32 batched
+   matmuls in attention) pick their kernels by instruction set, and each kernel rounds its own way,
+   so the same params trained different reference weights on an AMX Xeon than on an AVX-512 BF16
+   EPYC (docs/bootstrap.md, "Determinism"). Capped at AVX-512 BF16 for oneDNN and at MKL's AVX2
+   reproducibility branch; both were measured to change nothing on the EPYC that trains the
+   committed reference. Opt out (faster bf16 on AMX, other weights): ONEDNN_MAX_CPU_ISA=ALL
+   MKL_CBWR=AUTO. Both are read at the first CPU kernel, so this must run before any torch op.
 """
 
 from __future__ import annotations
@@ -32,11 +39,19 @@ TELEMETRY_OFF = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
 }
 
+# A value the user set wins (see the module docstring).
+CPU_KERNELS = {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16", "MKL_CBWR": "AVX2"}
+
 _patched = False
 
 
 def disable_telemetry() -> None:
     for key, value in TELEMETRY_OFF.items():
+        os.environ.setdefault(key, value)
+
+
+def pin_cpu_kernels() -> None:
+    for key, value in CPU_KERNELS.items():
         os.environ.setdefault(key, value)
 
 
@@ -77,4 +92,5 @@ def patch_torchvision() -> None:
 
 def setup() -> None:
     disable_telemetry()
+    pin_cpu_kernels()
     patch_torchvision()

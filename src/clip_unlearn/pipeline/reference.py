@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 from datetime import datetime, timezone
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import yaml
 
 from clip_unlearn.core.data import generate_builtin, load_dataset
 from clip_unlearn.core.models import load_model, save_model
@@ -62,7 +64,30 @@ def train_and_save(params: Params, log: Callable[[str], None] = print) -> Path:
               "host": platform.node(), "device": str(bundle.device), "threads": torch.get_num_threads(),
               "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "history": history}
     timing_path(params).write_text(json.dumps(record, indent=1) + "\n")
+    log(lock_check(out))
     return out
+
+
+def folder_md5(folder: str | Path) -> str:
+    """DVC's hash of a folder output (the `.dir` md5 that dvc.lock records)."""
+    folder = Path(folder)
+    entries = [{"md5": hashlib.md5(f.read_bytes()).hexdigest(), "relpath": f.relative_to(folder).as_posix()}
+               for f in sorted(folder.rglob("*")) if f.is_file()]
+    return hashlib.md5(json.dumps(entries, sort_keys=True).encode()).hexdigest() + ".dir"
+
+
+def lock_check(model_dir: str | Path, lock: str | Path = "dvc.lock") -> str:
+    """One line: does this model folder reproduce the committed reference (dvc.lock's `reference` output)?"""
+    lock = Path(lock) if Path(lock).is_file() else Path(__file__).resolve().parents[3] / "dvc.lock"
+    if not lock.is_file():
+        return f"reference folder md5 {folder_md5(model_dir)} (no dvc.lock to compare with)"
+    outs = yaml.safe_load(lock.read_text()).get("stages", {}).get("reference", {}).get("outs", [])
+    want = next((o.get("md5") for o in outs if o.get("path") == "models/reference"), None)
+    got = folder_md5(model_dir)
+    if got == want:
+        return f"reference folder md5 {got}: the committed one (dvc.lock), which every figure in docs/ comes from"
+    return (f"reference folder md5 {got}, dvc.lock's {want}: other weights (other params, or a CPU code "
+            "path the pins in clip_unlearn._compat do not cover: docs/bootstrap.md, Determinism)")
 
 
 def evaluate_model(params: Params, model_dir: str | None = None, datasets: list[str] | None = None,
