@@ -85,7 +85,7 @@ def lock_check(model_dir: str | Path, lock: str | Path = "dvc.lock") -> str:
     want = next((o.get("md5") for o in outs if o.get("path") == "models/reference"), None)
     got = folder_md5(model_dir)
     if got == want:
-        return f"reference folder md5 {got}: the committed one (dvc.lock), which every figure in docs/ comes from"
+        return f"reference folder md5 {got}: the committed one (dvc.lock's)"
     return (f"reference folder md5 {got}, dvc.lock's {want}: other weights (other params, or a CPU code "
             "path the pins in clip_unlearn._compat do not cover: docs/bootstrap.md, Determinism)")
 
