@@ -78,7 +78,8 @@ def test_dvc_repro_runs_then_is_a_no_op(tmp_path, stack):
 
 def test_the_reference_check_uses_dvcs_own_folder_hash(tmp_path):
     """lock_check says whether a trained reference is the committed one; its hash is DVC's (`dvc add`)."""
-    from clip_unlearn.pipeline.reference import folder_md5, lock_check
+    from clip_unlearn.pipeline.provenance import folder_md5
+    from clip_unlearn.pipeline.reference import lock_check
 
     model = tmp_path / "models" / "reference"
     (model / "sub").mkdir(parents=True)

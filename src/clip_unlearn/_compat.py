@@ -45,13 +45,9 @@ CPU_KERNELS = {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16", "MKL_CBWR": "AVX2"}
 _patched = False
 
 
-def disable_telemetry() -> None:
-    for key, value in TELEMETRY_OFF.items():
-        os.environ.setdefault(key, value)
-
-
-def pin_cpu_kernels() -> None:
-    for key, value in CPU_KERNELS.items():
+def set_env_defaults() -> None:
+    """Telemetry off and the CPU kernels pinned, unless the user set a variable already."""
+    for key, value in {**TELEMETRY_OFF, **CPU_KERNELS}.items():
         os.environ.setdefault(key, value)
 
 
@@ -91,6 +87,5 @@ def patch_torchvision() -> None:
 
 
 def setup() -> None:
-    disable_telemetry()
-    pin_cpu_kernels()
+    set_env_defaults()
     patch_torchvision()

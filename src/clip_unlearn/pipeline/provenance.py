@@ -3,6 +3,7 @@
     data_versions("data", ["digits", "shapes"])   # {"digits": {"dvc_md5": ..., "files_sha256": ...}}
     code_version()                                # {"git_commit": ..., "dirty": False, "package": "0.1.0"}
     dvc_object_uri("27b8...dir")                  # s3://clip-unlearn/dvc/files/md5/27/b8...dir (DVC's remote)
+    folder_md5("models/reference")                # DVC's .dir md5, as dvc.lock records it
     git_source_tags()                             # MLflow's mlflow.source.git.* run tags
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import configparser
 import hashlib
+import json
 import subprocess
 from pathlib import Path
 
@@ -20,7 +22,8 @@ from clip_unlearn import __version__
 REPO = Path(__file__).resolve().parents[3]
 
 
-def _dvc_lock_md5s(lock: Path) -> dict[str, str]:
+def dvc_lock_md5s(lock: Path = REPO / "dvc.lock") -> dict[str, str]:
+    """{output path: md5} of every stage's outs in dvc.lock ({} without one)."""
     if not lock.is_file():
         return {}
     out = {}
@@ -38,8 +41,16 @@ def tree_sha256(folder: Path) -> str:
     return h.hexdigest()
 
 
+def folder_md5(folder: str | Path) -> str:
+    """DVC's hash of a folder output (the `.dir` md5 that dvc.lock records)."""
+    folder = Path(folder)
+    entries = [{"md5": hashlib.md5(f.read_bytes()).hexdigest(), "relpath": f.relative_to(folder).as_posix()}
+               for f in sorted(folder.rglob("*")) if f.is_file()]
+    return hashlib.md5(json.dumps(entries, sort_keys=True).encode()).hexdigest() + ".dir"
+
+
 def data_versions(root: str | Path, names: list[str], lock: Path = REPO / "dvc.lock") -> dict:
-    md5s = _dvc_lock_md5s(lock)
+    md5s = dvc_lock_md5s(lock)
     out = {}
     for name in names:
         folder = Path(root) / name

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 from datetime import datetime, timezone
@@ -16,13 +15,13 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import yaml
 
 from clip_unlearn.core.data import generate_builtin, load_dataset
 from clip_unlearn.core.models import load_model, save_model
 from clip_unlearn.core.train import train_reference
 from clip_unlearn.core.zero_shot import evaluate
 from clip_unlearn.pipeline.config import Params
+from clip_unlearn.pipeline.provenance import REPO, dvc_lock_md5s, folder_md5
 
 
 def dataset_is_current(params: Params, name: str) -> bool:
@@ -68,22 +67,11 @@ def train_and_save(params: Params, log: Callable[[str], None] = print) -> Path:
     return out
 
 
-def folder_md5(folder: str | Path) -> str:
-    """DVC's hash of a folder output (the `.dir` md5 that dvc.lock records)."""
-    folder = Path(folder)
-    entries = [{"md5": hashlib.md5(f.read_bytes()).hexdigest(), "relpath": f.relative_to(folder).as_posix()}
-               for f in sorted(folder.rglob("*")) if f.is_file()]
-    return hashlib.md5(json.dumps(entries, sort_keys=True).encode()).hexdigest() + ".dir"
-
-
-def lock_check(model_dir: str | Path, lock: str | Path = "dvc.lock") -> str:
-    """One line: does this model folder reproduce the committed reference (dvc.lock's `reference` output)?"""
-    lock = Path(lock) if Path(lock).is_file() else Path(__file__).resolve().parents[3] / "dvc.lock"
-    if not lock.is_file():
-        return f"reference folder md5 {folder_md5(model_dir)} (no dvc.lock to compare with)"
-    outs = yaml.safe_load(lock.read_text()).get("stages", {}).get("reference", {}).get("outs", [])
-    want = next((o.get("md5") for o in outs if o.get("path") == "models/reference"), None)
-    got = folder_md5(model_dir)
+def lock_check(model_dir: str | Path, lock: Path = REPO / "dvc.lock") -> str:
+    """One line: does this model folder reproduce the committed reference (dvc.lock's models/reference)?"""
+    got, want = folder_md5(model_dir), dvc_lock_md5s(lock).get("models/reference")
+    if want is None:
+        return f"reference folder md5 {got} (no dvc.lock entry to compare with)"
     if got == want:
         return f"reference folder md5 {got}: the committed one (dvc.lock's)"
     return (f"reference folder md5 {got}, dvc.lock's {want}: other weights (other params, or a CPU code "
