@@ -14,7 +14,9 @@ import pytest
 import torch
 
 import clip_unlearn  # noqa: F401  (telemetry off, torchvision patched)
+from clip_unlearn.core.assurance import AssuranceConfig
 from clip_unlearn.core.data import image_dataset
+from clip_unlearn.core.depth import DepthConfig
 from clip_unlearn.core.splits import cached_split, retained_split
 from clip_unlearn.methods import UnlearnContext, run_method
 from clip_unlearn.pipeline.config import Params, load_params
@@ -28,9 +30,16 @@ LENIENT = {k: None for k in ("forget_max", "retain_drop_max", "other_drop_max", 
                              "other_classes_drop_max")} | {"relearn_forget_max": 1.0} | DEPTH_OFF
 
 
+# The depth attacks' picks for 5% data (a class has ~30 train images; the default probe alone holds 100
+# a class, leaving a method that reads forgotten images none): measured by nothing (enabled False, as
+# when a context has no assurance), held out of ctx.forget_set all the same.
+TINY_ATTACKS = AssuranceConfig(enabled=False, depth=DepthConfig(shots=3, probe_per_class=8))
+
+
 def run(bundle, request, method: str, cfg=None, data_root: str = "data", others=(), before=None, **ctx):
     """run_method with a context built from keyword arguments (UnlearnContext's fields)."""
     ctx.setdefault("log", lambda _: None)
+    ctx.setdefault("assurance", TINY_ATTACKS)
     return run_method(bundle, method, UnlearnContext(request=request, data_root=str(data_root), others=list(others),
                                                      **ctx), cfg, before)
 
@@ -43,6 +52,8 @@ def shrink(params: Params, root: Path, **bootstrap) -> Params:
         "bootstrap": params.bootstrap.model_copy(update={"steps": 6, "batch_size": 32, "log_every": 2, **bootstrap}),
         "methods": {**params.methods, "partial_retrain": params.methods["partial_retrain"].model_copy(
             update={"steps": 3, "batch": 16})},
+        "assurance": params.assurance.model_copy(update={"depth": params.assurance.depth.model_copy(
+            update=TINY_ATTACKS.depth.model_dump(exclude_unset=True))}),
         "evaluation": params.evaluation.model_copy(update={
             "out": str(root / "metrics" / "reference.json"), "details": str(root / "reports" / "eval.json")}),
     })

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from conftest import TINY_ATTACKS
 
 from clip_unlearn.core import assurance, splits
 from clip_unlearn.core.assurance import AssuranceConfig, fit_probe, probe_check, relearn_check
@@ -102,7 +103,7 @@ def _guard_forgotten_train_images(monkeypatch, request):
 def test_relearn_never_reads_forgotten_train_images(request_, tiny_model, tiny_params, monkeypatch):
     expected = relearn_check(tiny_model, request_, tiny_params.data.root, QUICK)
     _guard_forgotten_train_images(monkeypatch, request_)
-    ctx = UnlearnContext(request=request_, data_root=tiny_params.data.root)
+    ctx = UnlearnContext(request=request_, data_root=tiny_params.data.root, assurance=TINY_ATTACKS)
     with pytest.raises(AssertionError, match="forgotten train image"):  # the guard does bite
         ctx.forget_set("train").tensors()
     guarded = relearn_check(tiny_model, request_, tiny_params.data.root, QUICK)

@@ -46,7 +46,7 @@ def test_baseline_forgets_a_class_of_the_reference(method, reference_params):
     bundle = load_model(reference_params.model.dir)
     req = ForgetRequest(dataset="digits", classes=["seven"])
     out = run(bundle, req, method, data_root=reference_params.data.root, others=["shapes"],
-                     log=lambda _: None)
+              assurance=reference_params.assurance)   # the attacks' own images held out, as in the pipeline
     assert out["before"]["forget_top1"] > 0.8
     assert out["after"]["forget_top1"] <= out["before"]["forget_top1"] - 0.5, out["after"]
 
@@ -92,3 +92,21 @@ def test_oracle_retrains_without_the_forgotten_items(tiny_params):
     assert any(not torch.equal(before[k], v) for k, v in bundle.model.state_dict().items())
     with pytest.raises(ValueError, match="not one of the training datasets"):
         oracle_train_sets(req, root, ["shapes"])
+
+
+@pytest.mark.parametrize("method", ["gradient_ascent", "subgroup"])
+def test_a_method_that_reads_forgotten_images_never_reads_the_attacks_own(method, tiny_params, tiny_model_dir, reads):
+    from conftest import TINY_ATTACKS
+
+    from clip_unlearn.core.depth import attacker_items
+    from clip_unlearn.core.splits import cached_split
+
+    req = ForgetRequest(dataset="digits", classes=["seven"])
+    cfg = {"steps": 2} if method == "gradient_ascent" else \
+        {"fisher_batches": 1, "forget_steps": 1, "remind_steps": 1, "remind_batch_size": 8, "alpha_grid": [1.0]}
+    run(load_model(tiny_model_dir, device="cpu"), req, method, cfg, tiny_params.data.root, ["shapes"])
+    train = cached_split("digits", "train", tiny_params.data.root)
+    held = train.subset(attacker_items(train, req, TINY_ATTACKS.depth))
+    sevens = {train._load.paths[j] for j in train.select(["seven"])._indices}
+    assert set(reads) & sevens   # it read forgotten train images ...
+    assert not set(reads) & {train._load.paths[j] for j in held._indices}   # ... never the attacks' own

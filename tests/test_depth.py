@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from conftest import image_paths
 
-from clip_unlearn.core.depth import METRICS, DepthConfig, measure_depth, prototypes
+from clip_unlearn.core import depth
+from clip_unlearn.core.assurance import AssuranceConfig
+from clip_unlearn.core.depth import METRICS, DepthConfig, attacker_items, measure_depth, prototypes
 from clip_unlearn.core.gate import Thresholds, depth_checks
 from clip_unlearn.core.models import changed_parts, load_model
 from clip_unlearn.core.request import ForgetRequest
 from clip_unlearn.core.splits import cached_split
+from clip_unlearn.methods import UnlearnContext
 
 QUICK = DepthConfig(shots=3, probe_per_class=8, probe_max_iter=20, attack_steps=2, attack_batch_size=16)
 SEVEN = ForgetRequest(dataset="digits", classes=["seven"])
+TINY = AssuranceConfig(enabled=False, depth=DepthConfig(shots=3, probe_per_class=8))
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +75,36 @@ def test_changed_parts_tell_the_towers_apart(model):
     parts = changed_parts(model.model, other)
     assert parts["image tower"]["changed"] == 0 and parts["text tower"]["changed"] == 1
     assert parts["image tower"]["tensors"] > 10
+
+
+def _paths(ds) -> set[str]:
+    return {ds._load.paths[j] for j in ds._indices}
+
+
+@pytest.mark.parametrize("request_", [SEVEN, ForgetRequest(dataset="digits", classes=["seven"], where={"ink": "red"})],
+                         ids=["class", "subgroup"])
+def test_a_method_gets_every_forgotten_train_image_but_those_the_attacks_hold(request_, tiny_params):
+    ctx = UnlearnContext(request=request_, data_root=tiny_params.data.root, assurance=TINY)
+    train = ctx.dataset("train")
+    held, given = _paths(train.subset(attacker_items(train, request_, TINY.depth))), _paths(ctx.forget_set("train"))
+    assert held and given and not held & given
+    assert held | given == _paths(train.select(request_.classes, request_.where or None))
+    assert len(ctx.forget_set("val")) == len(ctx.dataset("val").select(request_.classes, request_.where or None))
+
+
+def test_the_held_images_are_the_ones_the_attacks_pick(model, tiny_params, monkeypatch):
+    """Every forgotten train image an attack picks (shots, probe images) is in attacker_items, and no other."""
+    picked = []
+    original = depth._pick
+    monkeypatch.setattr(depth, "_pick", lambda *a: picked.append(original(*a)) or picked[-1])
+    train = cached_split("digits", "train", tiny_params.data.root)
+    measure_depth(model, SEVEN, tiny_params.data.root, QUICK, split="val", metrics=("prototypes", "probe", "relearn_attack"))
+    sevens = np.flatnonzero(np.array(train.labels) == train.classes.index("seven"))
+    got = np.intersect1d(torch.cat(picked).numpy(), sevens)
+    assert len(picked) == 3 and len(got) and np.array_equal(got, attacker_items(train, SEVEN, QUICK))
+
+
+def test_a_class_the_attacks_hold_whole_leaves_nothing_to_read(tiny_params):
+    every = AssuranceConfig(enabled=False, depth=DepthConfig(probe_per_class=100_000))
+    with pytest.raises(ValueError, match="hold all .* train images"):
+        UnlearnContext(request=SEVEN, data_root=tiny_params.data.root, assurance=every).forget_set("train")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import TINY_ATTACKS
 from conftest import image_paths as _paths
 
 from clip_unlearn.core.gate import Thresholds, failed_reasons, judge
@@ -48,7 +49,7 @@ def test_no_method_reads_what_the_lineage_forgot(name, tiny_params, reads, tmp_p
     cfg = m.config_cls.model_validate(QUICK.get(name, {}))
     now = NOW_SUBGROUP if name in SUBGROUP_ONLY else NOW
     ctx = UnlearnContext(now, root, data_free=m.data_free, lineage=EARLIER_ENTRIES, others=["shapes"],
-                         log=lambda _: None, gate=Thresholds(forget_max=0.0, forget_drop_min=1.0),
+                         log=lambda _: None, gate=Thresholds(forget_max=0.0, forget_drop_min=1.0), assurance=TINY_ATTACKS,
                          configs={n: get_method(n).config_cls.model_validate(c) for n, c in QUICK.items()})
     ctx.original = freeze_copy(bundle)
     # Measuring is not training: the full val/test splits that evaluation (auto's val gate, like

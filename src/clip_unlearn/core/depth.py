@@ -9,7 +9,8 @@ whether the model still *recognises* them. The yardstick is the model retrained 
 Every figure is the recall of the forgotten items (a class: its images; a subgroup: the subgroup's
 images, as their class) on `split`; the attacker's labelled images come from the TRAIN split, never
 the lineage's items. Deterministic: every choice is drawn from generators seeded with cfg.seed.
-The verifier reads those images; no method does (methods see data through their context only).
+The verifier reads those images; no method does: methods see data through their context only, whose
+forget_set leaves out `attacker_items`.
 
 prototypes      `shots` labelled train images per class (the forgotten included), class means of
                 L2-normalized image features, nearest mean by cosine.
@@ -32,6 +33,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from clip_unlearn.core.clip_ops import encode_image, encode_images, encode_text, fast_cpu_attention, to_model_input
+from clip_unlearn.core.data import ImageDataset
 from clip_unlearn.core.measure import request_mask
 from clip_unlearn.core.models import ClipBundle
 from clip_unlearn.core.request import ForgetRequest
@@ -65,6 +67,38 @@ def _pick(groups: list[torch.Tensor], k: int, gen: torch.Generator) -> torch.Ten
 def _recall(preds: torch.Tensor, labels: torch.Tensor, mask: np.ndarray) -> float:
     m = torch.from_numpy(mask)
     return float((preds[m] == labels[m]).double().mean()) if m.any() else float("nan")
+
+
+def _prototype_shots(by_class: list[torch.Tensor], forgotten: torch.Tensor, request: ForgetRequest,
+                     cfg: DepthConfig) -> torch.Tensor:
+    idx = _pick(by_class, cfg.shots, torch.Generator().manual_seed(cfg.seed))
+    if request.where:   # the subgroup's class is represented by its kept images and the attacker's shots
+        keep = ~torch.isin(idx, forgotten)
+        idx = torch.cat([idx[keep], _pick([forgotten], cfg.shots, torch.Generator().manual_seed(cfg.seed))])
+    return idx
+
+
+def _probe_items(by_class: list[torch.Tensor], cfg: DepthConfig) -> torch.Tensor:
+    return _pick(by_class, cfg.probe_per_class, torch.Generator().manual_seed(cfg.seed + 2))
+
+
+def _relearn_shots(labels: torch.Tensor, forgotten: torch.Tensor, classes: list[str], request: ForgetRequest,
+                   cfg: DepthConfig, gen: torch.Generator) -> torch.Tensor:
+    return _pick([forgotten[labels[forgotten] == classes.index(c)] for c in request.classes], cfg.shots, gen)
+
+
+def attacker_items(train: ImageDataset, request: ForgetRequest, cfg: DepthConfig) -> np.ndarray:
+    """Positions in `train` (the request's train split, lineage dropped) of the forgotten items the
+    attacks hold as labelled images: prototype shots, probe images, relearning shots. The verifier
+    reads them; methods never do (UnlearnContext.forget_set leaves them out), so a method that reads
+    real images of what it forgets cannot fit the very images an attack is scored with."""
+    labels = torch.tensor(train.labels, dtype=torch.long)
+    forgotten = torch.from_numpy(np.flatnonzero(request_mask(train, request.classes, request.where)))
+    by_class = [torch.nonzero(labels == c).flatten() for c in range(len(train.classes))]
+    picked = torch.cat([_prototype_shots(by_class, forgotten, request, cfg), _probe_items(by_class, cfg),
+                        _relearn_shots(labels, forgotten, train.classes, request, cfg,
+                                       torch.Generator().manual_seed(cfg.seed + 1))])
+    return np.intersect1d(picked.numpy(), forgotten.numpy())
 
 
 @torch.no_grad()
@@ -152,19 +186,15 @@ def measure_depth(bundle: ClipBundle, request: ForgetRequest, data_root: str, cf
     for name in metrics:
         t = time.perf_counter()
         if name == "prototypes":
-            idx = _pick(by_class, cfg.shots, torch.Generator().manual_seed(cfg.seed))
-            if request.where:   # the subgroup's class is represented by its kept images and the attacker's shots
-                keep = ~torch.isin(idx, forgotten_train)
-                idx = torch.cat([idx[keep], _pick([forgotten_train], cfg.shots, torch.Generator().manual_seed(cfg.seed))])
+            idx = _prototype_shots(by_class, forgotten_train, request, cfg)
             out[name] = _recall(prototypes(_features(bundle, tr_x[idx]), tr_y[idx], ev_f, n), ev_y, mask)
         elif name == "probe":
-            idx = _pick(by_class, cfg.probe_per_class, torch.Generator().manual_seed(cfg.seed + 2))
+            idx = _probe_items(by_class, cfg)
             score = fit_multinomial(_features(bundle, tr_x[idx]), tr_y[idx], n, cfg.probe_l2, cfg.probe_max_iter)
             out[name] = _recall(score(ev_f), ev_y, mask)
         elif name == "relearn_attack":
             gen = torch.Generator().manual_seed(cfg.seed + 1)
-            shots = _pick([forgotten_train[tr_y[forgotten_train] == classes.index(c)] for c in request.classes],
-                          cfg.shots, gen)
+            shots = _relearn_shots(tr_y, forgotten_train, classes, request, cfg, gen)
             retained = torch.from_numpy(np.setdiff1d(np.arange(len(tr_y)), forgotten_train.numpy()))
             attacked = relearn_attack(bundle, tr_x, tr_y, shots, retained, classes, zero_shot_templates(request.dataset),
                                       cfg, gen)

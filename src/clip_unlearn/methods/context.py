@@ -6,7 +6,8 @@
     ctx.retain_set("train"), ctx.forget_set("train"), ctx.other_sets("val")
 
 Data-free methods get a context whose `forget_set` raises: they must never read real images
-of what they forget (only class names, and synthetic images made from the model itself).
+of what they forget (only class names, and synthetic images made from the model itself). The others
+get every forgotten train image except the depth attacks' labelled ones (core/depth.attacker_items).
 
 Lineage: `lineage` lists what the model already forgot in earlier erasures. Every image a
 method gets through the context comes from `ctx.dataset()` or `ctx.other_sets()`, which drop
@@ -20,10 +21,12 @@ import copy
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
 
 from clip_unlearn.core.assurance import AssuranceConfig
 from clip_unlearn.core.data import ImageDataset
+from clip_unlearn.core.depth import DepthConfig, attacker_items
 from clip_unlearn.core.gate import Thresholds
 from clip_unlearn.core.models import ClipBundle
 from clip_unlearn.core.request import Earlier, ForgetRequest
@@ -81,10 +84,22 @@ class UnlearnContext:
         return [c for c in self.classes if c not in self.request.classes]
 
     def forget_set(self, split: str = "train") -> ImageDataset:
-        """Real images of what is forgotten (refused to data-free methods)."""
+        """Real images of what is forgotten (refused to data-free methods). On the train split, the
+        depth attacks' labelled images (core/depth.attacker_items) are left out: the verifier scores
+        an attacker who holds them, so no method may have fitted them."""
         if self.data_free:
             raise DataFreeViolation(f"a data-free method asked for real images of {self.request.describe()}")
-        return self.dataset(split).select(self.request.classes, self.request.where or None)
+        ds = self.dataset(split)
+        if split != "train":
+            return ds.select(self.request.classes, self.request.where or None)
+        depth = self.assurance.depth if self.assurance else DepthConfig()
+        held = attacker_items(ds, self.request, depth)
+        left = ds.subset(np.setdiff1d(np.arange(len(ds)), held)).select(self.request.classes, self.request.where or None)
+        if len(held) and not len(left):
+            raise ValueError(f"the depth attacks hold all {len(held)} train images of {self.request.describe()} "
+                             f"(assurance.depth: shots {depth.shots}, probe_per_class {depth.probe_per_class}), so "
+                             "none is left for a method that reads them; use a data-free method, or lower those")
+        return left
 
     def retain_set(self, split: str = "train") -> ImageDataset:
         """Everything else in the same dataset (for a subgroup: the class's other subgroups too)."""

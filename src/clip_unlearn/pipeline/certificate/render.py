@@ -234,7 +234,8 @@ def _method_kind(meth: dict) -> str:
     if kind is None and meth.get("data_free") is not None:
         kind = "data-free" if meth["data_free"] else "reads forgotten data"
     return {"data-free": "data-free: it never read images of what was forgotten",
-            "reads forgotten data": "reads forgotten data: it trained on real images of what was forgotten"
+            "reads forgotten data": "reads forgotten data: it trained on real images of what was forgotten "
+                                    "(never the labelled images the depth attacks hold)"
             }.get(kind, kind or "not recorded")
 
 
