@@ -158,6 +158,7 @@ def test_corrupted_weights_in_s3_are_refused(env, prefect_harness):
     assert reg.find(env["client"], env["name"], request_id="corrupt") == []
 
 
+@pytest.mark.slow
 def test_mlflow_down_leaves_the_request_pending_then_it_completes(env, prefect_harness, tmp_path):
     from servers import free_port
 
@@ -346,6 +347,7 @@ def test_synthetic_sets_are_stored_in_s3_and_reused(env, reference_params):
     assert again == made and (again / "synthetic.safetensors").read_bytes() == first
 
 
+@pytest.mark.slow
 def test_a_second_erasure_keeps_the_lineage_and_rechecks_it(env, prefect_harness):
     """v2 forgets seven; v3 (three, from v2) records both, re-checks seven against seven's own limit,
     and its certificate shows it. An earlier erasure that regresses fails the version, named."""

@@ -15,6 +15,7 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
 from servers import spawn, stop
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,6 +62,7 @@ def _inner(tmp_path: Path, how: str):
     return proc, mark
 
 
+@pytest.mark.slow
 def test_no_process_started_by_a_run_outlives_it(tmp_path):
     runs = {how: _inner(tmp_path, how) for how in ("fail", "SIGTERM", "SIGINT")}   # side by side
     log = lambda how: (tmp_path / f"{how}.log").read_text(errors="replace")[-3000:]  # noqa: E731
