@@ -5,7 +5,8 @@ from conftest import image_paths, run
 from clip_unlearn.core.models import load_model
 from clip_unlearn.core.request import ForgetRequest
 from clip_unlearn.core.schema import ConfigError
-from clip_unlearn.methods.partial_retrain import PartialRetrainConfig
+from clip_unlearn.core.train import shift_images, shift_offsets
+from clip_unlearn.methods.partial_retrain import PartialRetrainConfig, _prefix, _tail, _teacher_views
 
 SEVEN = ForgetRequest(dataset="digits", classes=["seven"])
 SMALL = PartialRetrainConfig(k=2, steps=3, batch=16)
@@ -47,3 +48,19 @@ def test_refuses_subgroups_and_too_many_blocks(tiny_params, tiny_model_dir):
             SMALL, tiny_params.data.root, ["shapes"])
     with pytest.raises(ConfigError, match="blocks"):
         run(bundle, SEVEN, "partial_retrain", PartialRetrainConfig(k=99, steps=1), tiny_params.data.root, ["shapes"])
+
+
+@pytest.mark.parametrize("shift,split", [(1, 0), (1, 1), (0, 1)])
+def test_cached_teacher_targets_are_the_teachers_features_of_each_shifted_image(tiny_model_dir, shift, split):
+    bundle = load_model(tiny_model_dir, device="cpu")
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8, generator=gen)
+    views = _teacher_views(bundle, bundle.model, x, shift, split, chunk=5)
+    assert views.shape[:2] == (12, (2 * shift + 1) ** 2)
+    offs = shift_offsets(12, shift, gen) if shift else torch.zeros(12, 2, dtype=torch.long)
+    xb = shift_images(x, offs, shift) / 255.0 if shift else x
+    with torch.no_grad():
+        direct = _tail(bundle.model, _prefix(bundle, bundle.model, xb, split), split)
+    picked = views[torch.arange(12), offs[:, 0] * (2 * shift + 1) + offs[:, 1]]
+    assert torch.allclose(picked, direct, atol=1e-5)
+    assert not torch.allclose(views[:, 0], views[:, -1], atol=1e-3) or not shift   # the shifts do differ

@@ -81,13 +81,22 @@ class _Sampler:
         return [self.rng.choice(self.groups[k]) for k in keys]
 
 
+def shift_offsets(n: int, max_shift: int, gen: torch.Generator) -> torch.Tensor:
+    """[n, 2] random (dy, dx) in 0..2*max_shift: where each image's crop starts in the padded image."""
+    return torch.randint(0, 2 * max_shift + 1, (n, 2), generator=gen)
+
+
+def shift_images(x: torch.Tensor, offs: torch.Tensor, max_shift: int) -> torch.Tensor:
+    """Each image translated by its offset (replicate padding, then the crop at `offs`); float, same size."""
+    n, _, h, w = x.shape
+    padded = F.pad(x.float(), (max_shift,) * 4, mode="replicate")
+    return torch.stack([padded[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offs.tolist())])
+
+
 def _random_shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
     if max_shift <= 0:
         return x
-    n, _, h, w = x.shape
-    padded = F.pad(x.float(), (max_shift,) * 4, mode="replicate")
-    offs = torch.randint(0, 2 * max_shift + 1, (n, 2), generator=gen).tolist()
-    return torch.stack([padded[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offs)])
+    return shift_images(x, shift_offsets(len(x), max_shift, gen), max_shift)
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:

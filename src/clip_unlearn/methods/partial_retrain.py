@@ -19,8 +19,10 @@ distillation on retained images alone re-creates the forgotten class's detector 
 means back to 0.60-0.93); a fresh reset with the shift augmentation reached the retrain oracle's
 depth at no retained-accuracy cost.
 
-Cost: `steps` x `batch` forward/backward passes through k blocks plus a teacher forward per
-step, independent of the pretraining data (a retrain grows with it). Only ViT image towers.
+Cost: `steps` x `batch` forward/backward passes through k blocks, independent of the pretraining
+data (a retrain grows with it), plus the teacher's targets: computed once per retained image and
+shift ((2*shift+1)^2 views) when that is fewer passes than one per draw and fits in memory, else
+one teacher forward per draw; the numbers are the same either way. Only ViT image towers.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from clip_unlearn.core.clip_ops import fast_cpu_attention, to_model_input
 from clip_unlearn.core.models import ClipBundle, _model_from_cfg
 from clip_unlearn.core.schema import ConfigError, Section
 from clip_unlearn.core.templates import zero_shot_templates
-from clip_unlearn.core.train import _random_shift
+from clip_unlearn.core.train import shift_images, shift_offsets
 from clip_unlearn.core.zero_shot import class_vectors
 from clip_unlearn.methods.context import UnlearnContext
 from clip_unlearn.methods.registry import register
@@ -54,6 +56,14 @@ class PartialRetrainConfig(Section):
     shift: int = Field(1, ge=0, description="random shift augmentation, pixels (0: none)")
     bf16: bool = Field(True, description="bfloat16 autocast for the trained blocks on CPU")
     text_edit: bool = Field(True, description="run text_edit first (the class names)")
+
+
+_CACHE_BYTES = 2 << 30  # teacher targets kept in memory at most (float32)
+
+
+def _width(model: torch.nn.Module) -> int:
+    v = model.visual
+    return v.proj.shape[1] if v.proj is not None else v.output_dim
 
 
 def _blocks(model: torch.nn.Module):
@@ -81,6 +91,24 @@ def _tail_names(model: torch.nn.Module, split: int) -> list[str]:
     later = tuple(f"visual.transformer.resblocks.{i}." for i in range(split, n))
     return [name for name, _ in model.named_parameters()
             if name.startswith(later + ("visual.ln_post",)) or name == "visual.proj"]
+
+
+@torch.no_grad()
+def _teacher_views(bundle: ClipBundle, teacher: torch.nn.Module, x: torch.Tensor, shift: int, split: int,
+                   chunk: int = 256) -> torch.Tensor:
+    """The original's image features of every image under every shift: [N, (2*shift+1)**2, D], view dy*side+dx."""
+    side, (h, w) = 2 * shift + 1, x.shape[-2:]
+    out = None
+    for j in range(0, len(x), chunk):
+        padded = F.pad(x[j:j + chunk].float(), (shift,) * 4, mode="replicate") if shift else x[j:j + chunk]
+        for v in range(side * side):
+            dy, dx = divmod(v, side)
+            xs = padded[:, :, dy:dy + h, dx:dx + w] / 255.0 if shift else padded
+            f = _tail(teacher, _prefix(bundle, teacher, xs, split), split).float()
+            if out is None:
+                out = torch.empty(len(x), side * side, f.shape[-1], device=f.device)
+            out[j:j + len(xs), v] = f
+    return out
 
 
 def _fresh_state(bundle: ClipBundle, seed: int) -> dict[str, torch.Tensor]:
@@ -133,6 +161,14 @@ def partial_retrain(bundle: ClipBundle, ctx: UnlearnContext, cfg: PartialRetrain
     scale = teacher.logit_scale.exp().detach()
     gen = torch.Generator().manual_seed(ctx.seed)
     use_bf16 = cfg.bf16 and bundle.device.type == "cpu"
+    side = 2 * cfg.shift + 1
+    with fast_cpu_attention(bundle.device):
+        # The teacher's targets once per image and shift when that is fewer forwards than one per draw.
+        cached = [_teacher_views(bundle, teacher, x, cfg.shift, split)
+                  if len(x) * side ** 2 <= cfg.steps * n and len(x) * side ** 2 * 4 * _width(model) <= _CACHE_BYTES
+                  else None for (x, _, _), n in zip(groups, sizes)]
+    ctx.log(f"partial_retrain: teacher targets cached for {sum(c is not None for c in cached)} of {len(groups)} "
+            f"image sets ({sum(len(c) * side ** 2 for c in cached if c is not None)} views)")
     model.train()
     with fast_cpu_attention(bundle.device):
         for step in range(cfg.steps):
@@ -141,12 +177,16 @@ def partial_retrain(bundle: ClipBundle, ctx: UnlearnContext, cfg: PartialRetrain
             for g in opt.param_groups:
                 g["lr"] = lr
             loss = torch.zeros((), device=bundle.device)
-            for (x, y, w), n in zip(groups, sizes):
+            for (x, y, w), n, views in zip(groups, sizes, cached):
                 i = torch.randint(0, len(x), (n,), generator=gen)
-                xb = _random_shift(x[i], cfg.shift, gen) / 255.0 if cfg.shift else x[i]
+                offs = shift_offsets(n, cfg.shift, gen) if cfg.shift else torch.zeros(n, 2, dtype=torch.long)
+                xb = shift_images(x[i], offs, cfg.shift) / 255.0 if cfg.shift else x[i]
                 h = _prefix(bundle, teacher, xb, split)  # the first blocks are the original's
-                with torch.no_grad():
-                    target = _tail(teacher, h, split).float()
+                if views is not None:
+                    target = views[i.to(views.device), (offs[:, 0] * side + offs[:, 1]).to(views.device)]
+                else:
+                    with torch.no_grad():
+                        target = _tail(teacher, h, split).float()
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
                     f = _tail(model, h, split)
                 f = f.float()
